@@ -1,0 +1,39 @@
+# `make test` and `make demo` set everything up on a fresh clone: the virtualenv, torch
+# (the 2.14.1 / 0.29.1 pair whose files this machine's pip finds locally), the package with
+# its test extras and, for the demo, Debian's Fashion-MNIST package where apt is available.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: test demo bench install clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+$(FASHION_MNIST):
+	@if command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q dataset-fashion-mnist || \
+		 (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null; \
+	else \
+		echo "Fashion-MNIST is missing: install Debian's dataset-fashion-mnist or pass --data DIR"; \
+	fi
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP) $(FASHION_MNIST)
+	$(PY) -m prunable_nn demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

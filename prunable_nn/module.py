@@ -1,0 +1,38 @@
+"""A base class that gives a network written with prunable layers its own ``prune()``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .pruner import Removal, TaylorPruner
+
+
+class PrunableModule(nn.Module):
+    """``nn.Module`` with ``prune()`` and ``num_prunables``, backed by a :class:`TaylorPruner`.
+
+    The pruner is made on first use, from the model's ``torch.fx`` graph. Set ``pruner`` to
+    one of your own to change its options (normalisation, FLOPs regularisation).
+    """
+
+    @property
+    def pruner(self) -> TaylorPruner:
+        pruner = self.__dict__.get("_pruner")
+        if pruner is None:
+            pruner = self.__dict__["_pruner"] = TaylorPruner(self)
+        return pruner
+
+    @pruner.setter
+    def pruner(self, pruner: TaylorPruner) -> None:
+        if pruner.model is not self:
+            raise ValueError("the pruner belongs to another model")
+        self.__dict__["_pruner"] = pruner
+
+    @property
+    def num_prunables(self) -> int:
+        """Channels that can still be removed."""
+        return self.pruner.num_prunables
+
+    def prune(self, max_to_prune: int = 8, optimizer: torch.optim.Optimizer | None = None) -> list[Removal]:
+        """Remove up to ``max_to_prune`` of the globally least important channels."""
+        return self.pruner.prune(max_to_prune, optimizer)
