@@ -1,10 +1,12 @@
 """prunable_nn: drop-in prunable PyTorch layers pruned by first-order Taylor estimates."""
 
 from .chain import Chain, Consumer
+from .data import digits, fashion_mnist, mnist, read_idx
 from .flops import count_flops, count_parameters
 from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
 from .module import PrunableModule
 from .pruner import Removal, TaylorPruner
+from .training import evaluate, train_epoch, train_steps
 
 __all__ = [
     "Chain",
@@ -18,4 +20,11 @@ __all__ = [
     "TaylorPruner",
     "count_flops",
     "count_parameters",
+    "digits",
+    "evaluate",
+    "fashion_mnist",
+    "mnist",
+    "read_idx",
+    "train_epoch",
+    "train_steps",
 ]

@@ -1,0 +1,117 @@
+"""Plain training helpers: data loaders, training steps and epochs, test accuracy.
+
+Nothing here knows about pruning: the prunable layers accumulate their Taylor estimates on
+every backward pass of :func:`train_steps`, so a pruning loop only has to call
+``model.prune()`` between calls. Progress bars (tqdm) go to stderr and switch themselves
+off when stderr is not a terminal, unless ``progress`` says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def subset(dataset: Dataset, size: int | None, seed: int = 0) -> Dataset:
+    """``size`` examples of ``dataset`` drawn at random (by ``seed``); all of it if ``size``
+    is ``None`` or at least its length."""
+    total = len(dataset)
+    if size is None or size >= total:
+        return dataset
+    if size < 1:
+        raise ValueError(f"subset size must be positive, got {size}")
+    generator = torch.Generator().manual_seed(seed)
+    return Subset(dataset, torch.randperm(total, generator=generator)[:size].tolist())
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """A single-process loader; shuffled by its own generator seeded with ``seed``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def endless(loader: DataLoader) -> Iterator[Batch]:
+    """The loader's batches over and over, one pass (a fresh shuffle) after another."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the data loader yields no batches")
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """One cross-entropy step in training mode; returns the loss."""
+    model.train()
+    loss = nn.functional.cross_entropy(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Batch],
+    steps: int,
+    *,
+    desc: str = "train",
+    progress: bool | None = None,
+) -> float:
+    """Run ``steps`` training steps on batches taken from ``batches``; return the mean loss."""
+    if steps < 1:
+        raise ValueError(f"steps must be positive, got {steps}")
+    total = 0.0
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, disable=_disabled(progress)) as bar:
+        for _ in range(steps):
+            images, labels = next(batches)
+            loss = train_step(model, optimizer, images, labels)
+            total += loss
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            bar.update()
+    return total / steps
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    *,
+    desc: str = "epoch",
+    progress: bool | None = None,
+) -> float:
+    """One pass over ``loader``; returns the mean loss."""
+    return train_steps(model, optimizer, iter(loader), len(loader), desc=desc, progress=progress)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, *, desc: str = "test", progress: bool | None = None) -> float:
+    """Top-1 accuracy (0..1) of ``model`` in eval mode; its training flags are restored."""
+    modes = {module: module.training for module in model.modules()}
+    correct = seen = 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=_disabled(progress)):
+                correct += (model(images).argmax(dim=1) == labels).sum().item()
+                seen += len(labels)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if seen == 0:
+        raise ValueError("cannot evaluate on an empty data set")
+    return correct / seen
+
+
+def _disabled(progress: bool | None) -> bool | None:
+    # tqdm's disable=None means: off when the output is not a terminal.
+    return None if progress is None else not progress
