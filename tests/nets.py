@@ -1,0 +1,234 @@
+"""Helpers of the model-level tests: random small networks, estimate passes that leave the
+model's weights and statistics alone, snapshots for "nothing changed" checks, and the masked
+reference of DESIGN.md's physics rule 1 (removing a channel = zeroing it at the consumers'
+inputs)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+from torch import nn
+
+from prunable_nn import Chain, PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner
+
+SIZE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run a test module on one torch thread: the tensors are tiny, and a second thread on a
+    busy two-core machine makes each convolution up to a hundred times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- random architectures ---------------------------------------------------------------------
+@st.composite
+def conv_nets(draw: st.DrawFn) -> tuple[nn.Sequential, tuple[int, int, int]]:
+    """A small ``nn.Sequential`` of 1-4 conv blocks (conv, maybe batch norm, ReLU, maybe
+    pooling, maybe dropout) then 1-2 ``PLinear`` layers, and the shape ``(C, H, W)`` of one
+    input example. The weights come from a drawn seed."""
+    torch.manual_seed(draw(st.integers(0, 2**16), label="seed"))
+    in_channels = draw(st.integers(1, 3))
+    input_size = size = draw(st.integers(4, 9))
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for _ in range(draw(st.integers(1, 4))):
+        width = draw(st.integers(2, 8))
+        kernel = draw(st.sampled_from([1, 3, 5]))
+        stride = draw(st.sampled_from([1, 1, 2]))
+        bias = draw(st.booleans())
+        layers.append(PConv2d(channels, width, kernel, stride=stride, padding=kernel // 2, bias=bias))
+        size = (size - 1) // stride + 1
+        if draw(st.booleans()):
+            affine, running_stats = draw(st.booleans()), draw(st.booleans())
+            layers.append(PBatchNorm2d(width, affine=affine, track_running_stats=running_stats))
+        layers.append(nn.ReLU(inplace=draw(st.booleans())))
+        pooling = draw(st.sampled_from([None, nn.MaxPool2d, nn.AvgPool2d]))
+        if pooling is not None and size >= 2:
+            layers.append(pooling(2))
+            size //= 2
+        dropout = draw(st.sampled_from([None, nn.Dropout, nn.Dropout2d]))
+        if dropout is not None:
+            layers.append(dropout(0.25))
+        channels = width
+    if draw(st.booleans()):
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        features = channels
+    else:
+        layers.append(nn.Flatten())
+        features = channels * size * size
+    if draw(st.booleans()):
+        hidden = draw(st.integers(2, 8))
+        layers += [PLinear(features, hidden), nn.ReLU(inplace=draw(st.booleans()))]
+        features = hidden
+    layers.append(PLinear(features, draw(st.integers(1, 4))))
+    return nn.Sequential(*layers), (in_channels, input_size, input_size)
+
+
+def random_batch(model: nn.Module, example_shape: tuple[int, ...], batch: int = 6):
+    """Random inputs and class labels that fit ``model`` (its last layer gives the classes)."""
+    generator = torch.Generator().manual_seed(0)
+    classes = [m for m in model.modules() if isinstance(m, PLinear)][-1].out_features
+    inputs = torch.randn(batch, *example_shape, generator=generator)
+    labels = torch.randint(classes, (batch,), generator=generator)
+    return inputs, labels
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, inputs, labels, steps: int = 2) -> torch.Tensor:
+    """A few ordinary training steps; returns the last loss (its graph is still referenced)."""
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(inputs), labels)
+        loss.backward()
+        optimizer.step()
+    return loss
+
+
+def accumulate_estimates(model: nn.Module, inputs, labels) -> None:
+    """A forward and backward pass in training mode that leaves the model's function alone:
+    Taylor estimates accumulate, but batch-norm statistics are restored and gradients dropped."""
+    saved = {name: value.clone() for name, value in model.state_dict().items()}
+    model.train()
+    F.cross_entropy(model(inputs), labels).backward()
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+
+
+def set_estimates(chain: Chain, values: Iterable[float]) -> None:
+    """Make ``values`` the Taylor estimates of ``chain`` (as if one example had given them)."""
+    estimator = chain.estimator
+    estimator._taylor_sum = torch.as_tensor(list(values), dtype=torch.float64)
+    estimator._taylor_count = 1
+
+
+# -- "nothing changed" ------------------------------------------------------------------------
+def snapshot(model: nn.Module, pruner: TaylorPruner | None = None) -> dict:
+    """Everything an error must leave alone: tensors, sizes, chain bookkeeping, estimates."""
+    layers = {
+        name: {attr: getattr(layer, attr) for attr in SIZE_ATTRIBUTES if hasattr(layer, attr)}
+        for name, layer in model.named_modules()
+        if isinstance(layer, PrunableLayer)
+    }
+    estimates = {
+        name: None if layer.taylor_estimates is None else layer.taylor_estimates.clone()
+        for name, layer in model.named_modules()
+        if isinstance(layer, PrunableLayer)
+    }
+    chains = [] if pruner is None else [chain.original_channels.clone() for chain in pruner.chains]
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    return {"state": state, "layers": layers, "estimates": estimates, "chains": chains}
+
+
+def assert_same_snapshot(before: dict, after: dict) -> None:
+    assert after["layers"] == before["layers"]
+    assert after["state"].keys() == before["state"].keys()
+    for name, value in before["state"].items():
+        assert torch.equal(after["state"][name], value), name
+    for name, value in before["estimates"].items():
+        if value is None:
+            assert after["estimates"][name] is None, name
+        else:
+            torch.testing.assert_close(after["estimates"][name], value, equal_nan=True, msg=name)
+    assert len(after["chains"]) == len(before["chains"])
+    for old, new in zip(before["chains"], after["chains"]):
+        assert torch.equal(new, old)
+
+
+# -- physics rule 1 ---------------------------------------------------------------------------
+def chain_readers(pruner: TaylorPruner) -> dict[str, list[tuple[str, int]]]:
+    """For each chain name, its consumers as ``(layer name, features per channel)``."""
+    return {
+        chain.name: [(consumer.layer.name_in_model, consumer.features_per_channel) for consumer in chain.consumers]
+        for chain in pruner.chains
+    }
+
+
+def zero_inputs(
+    reference: nn.Module,
+    readers: dict[str, list[tuple[str, int]]],
+    removed: dict[str, set[int]],
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Forward pre-hooks on ``reference`` that zero, at every consumer's input, the channels
+    ``removed[chain]`` (original numbering); a Linear fed by a flattened map loses the whole
+    block of ``H * W`` features of each channel. Returns the hook handles."""
+    modules = dict(reference.named_modules())
+    handles = []
+    for chain, channels in removed.items():
+        if not channels:
+            continue
+        index = torch.tensor(sorted(channels))
+        for layer_name, block in readers[chain]:
+
+            def zero(module, args, index=index, block=block):
+                (x,) = args
+                x = x.clone()
+                if block == 1:
+                    x[:, index] = 0
+                else:
+                    x.view(x.shape[0], -1, block)[:, index] = 0
+                return (x,)
+
+            handles.append(modules[layer_name].register_forward_pre_hook(zero))
+    return handles
+
+
+def assert_matches_masked_reference(
+    pruned: nn.Module,
+    reference: nn.Module,
+    readers: dict[str, list[tuple[str, int]]],
+    removed: dict[str, set[int]],
+    inputs: torch.Tensor,
+) -> None:
+    """In eval mode, ``pruned`` computes what ``reference`` computes with ``removed`` zeroed."""
+    reference = copy.deepcopy(reference).eval()
+    handles = zero_inputs(reference, readers, removed)
+    try:
+        with torch.no_grad():
+            expected = reference(inputs)
+            actual = pruned.eval()(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+
+
+# -- sizes and parameter counts ---------------------------------------------------------------
+def layer_parameter_count(layer: nn.Module) -> int:
+    """Parameters of a prunable layer from its size attributes alone."""
+    if isinstance(layer, PConv2d):
+        kh, kw = layer.kernel_size
+        return layer.out_channels * (layer.in_channels // layer.groups) * kh * kw + (
+            layer.out_channels if layer.bias is not None else 0
+        )
+    if isinstance(layer, PBatchNorm2d):
+        return 2 * layer.num_features if layer.affine else 0
+    if isinstance(layer, PLinear):
+        return layer.out_features * layer.in_features + (layer.out_features if layer.bias is not None else 0)
+    raise TypeError(type(layer).__name__)
+
+
+def assert_shapes_follow_sizes(model: nn.Module) -> None:
+    """Every prunable layer's tensors have the shapes its size attributes say."""
+    for name, layer in model.named_modules():
+        if isinstance(layer, PConv2d):
+            expected = (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
+            assert tuple(layer.weight.shape) == expected, name
+            if layer.bias is not None:
+                assert tuple(layer.bias.shape) == (layer.out_channels,), name
+        elif isinstance(layer, PBatchNorm2d):
+            for tensor in (layer.weight, layer.bias, layer.running_mean, layer.running_var):
+                if tensor is not None:
+                    assert tuple(tensor.shape) == (layer.num_features,), name
+        elif isinstance(layer, PLinear):
+            assert tuple(layer.weight.shape) == (layer.out_features, layer.in_features), name
+            if layer.bias is not None:
+                assert tuple(layer.bias.shape) == (layer.out_features,), name
