@@ -48,6 +48,14 @@ class Chain:
         sizes = {layer.describe(): layer.num_output_channels for layer in self.producers}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"chain '{self.name}': producers disagree on the channel count: {sizes}")
+        for consumer in self.consumers:
+            read = consumer.layer._input_channels_for(consumer.features_per_channel)
+            if read != self.num_channels:
+                raise ValueError(
+                    f"chain '{self.name}': {consumer.layer.describe()} reads {read} input channels "
+                    f"(features_per_channel={consumer.features_per_channel}), "
+                    f"its producers make {self.num_channels}"
+                )
         self.original_channels = torch.arange(self.num_channels)
 
     @property

@@ -11,6 +11,11 @@ From every ``PConv2d`` (``groups=1``) and ``PLinear`` the walk follows the activ
 
 A path that reaches the model's output, a per-channel layer after a fork, or an operation
 not known to keep channels apart leaves the chain unprunable, with the reason recorded.
+
+In-place activation modules on these paths are made out of place, except the clamps (ReLU,
+ReLU6, Hardtanh): the estimate reads the chain end's output when its gradient arrives, and
+only a clamp leaves ``a * dL/da`` unchanged when it overwrites ``a`` (where it changes a
+value, the gradient before it is zero).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ CHANNELWISE_FUNCTIONS = {
     F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
     torch.relu, torch.sigmoid, torch.tanh,
 }
+INPLACE_SAFE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 CHANNELWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous"}
 
 
@@ -145,10 +151,17 @@ def _is_per_channel_layer(layer: nn.Module | None) -> bool:
 
 
 def _is_channelwise(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` keeps channels apart; in-place modules other than clamps are made out
+    of place on the way (see the module docstring)."""
     if node.op == "call_module":
-        return isinstance(modules[node.target], CHANNELWISE_MODULES)
+        module = modules[node.target]
+        if not isinstance(module, CHANNELWISE_MODULES):
+            return False
+        if getattr(module, "inplace", False) and not isinstance(module, INPLACE_SAFE_MODULES):
+            module.inplace = False
+        return True
     if node.op == "call_function":
-        return node.target in CHANNELWISE_FUNCTIONS
+        return node.target in CHANNELWISE_FUNCTIONS and not node.kwargs.get("inplace", False)
     if node.op == "call_method":
         return node.target in CHANNELWISE_METHODS
     return False

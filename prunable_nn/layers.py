@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .channels import expand_to_blocks, keep_indices
-from .surgery import shrink_buffer, shrink_parameter
+from .surgery import check_resizable, shrink_buffer, shrink_parameter
 from .taylor import TaylorEstimates
 
 Indices = Iterable[int] | torch.Tensor
@@ -55,7 +55,7 @@ class PrunableLayer(TaylorEstimates):
             )
         twin = cls.__new__(cls)
         twin.__dict__.update(
-            {key: value.copy() if isinstance(value, dict) else value for key, value in vars(module).items()}
+            {key: value.copy() if isinstance(value, (dict, set)) else value for key, value in vars(module).items()}
         )
         twin._init_estimates()
         twin.name_in_model = ""
@@ -103,11 +103,17 @@ class PrunableLayer(TaylorEstimates):
         self._keep_inputs(keep, optimizer, features_per_channel)
 
     def _output_keep(self, indices: Indices) -> torch.Tensor:
+        self._check_resizable()
         return keep_indices(indices, self.num_output_channels, owner=f"{self.describe()} output")
 
     def _input_keep(self, indices: Indices, features_per_channel: int = 1) -> torch.Tensor:
+        self._check_resizable()
         channels = self._input_channels_for(features_per_channel)
         return keep_indices(indices, channels, owner=f"{self.describe()} input")
+
+    def _check_resizable(self) -> None:
+        for name, param in self.named_parameters(recurse=False):
+            check_resizable(param, owner=f"{self.describe()}.{name}")
 
     def _input_channels_for(self, features_per_channel: int) -> int:
         if features_per_channel != 1:

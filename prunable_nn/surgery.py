@@ -38,10 +38,15 @@ def shrink_parameter(
         _shrink_state(optimizer.state.get(param, {}), old_shape, dim, keep)
 
 
+def check_resizable(param: nn.Parameter, *, owner: str) -> None:
+    """Raise unless :func:`shrink_parameter` can give ``param`` a new tensor."""
+    if weakref.getweakrefs(param):
+        raise RuntimeError(f"{owner}: cannot resize a parameter that has weak references to it")
+
+
 def _swap_tensor_identity(param: nn.Parameter, replacement: nn.Parameter) -> None:
     """Make ``param`` (same Python object, same attributes) hold ``replacement``'s tensor."""
-    if weakref.getweakrefs(param):
-        raise RuntimeError("cannot resize a parameter that has weak references to it")
+    check_resizable(param, owner="parameter")
     torch._C._swap_tensor_impl(param, replacement)
 
 

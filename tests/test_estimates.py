@@ -18,7 +18,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.testing import assert_close
 
-from prunable_nn import PBatchNorm2d, PConv2d, PLinear
+from prunable_nn import PBatchNorm2d, PConv2d, PLinear, TaylorPruner
 
 DOUBLE = torch.float64
 
@@ -140,33 +140,45 @@ def test_reset_clears_the_estimates_and_the_next_backward_starts_afresh(net):
 
 
 # -- in-place operations after the layer --------------------------------------------------------
+def _estimates_with_activation(activation, inplace, with_pruner):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        PConv2d(3, 4, 3, dtype=DOUBLE),
+        PBatchNorm2d(4, dtype=DOUBLE),
+        activation(inplace=inplace),
+        PConv2d(4, 2, 1, dtype=DOUBLE),
+    )
+    if with_pruner:
+        TaylorPruner(model)
+    x = torch.randn(6, 3, 5, 5, dtype=DOUBLE)
+    torch.manual_seed(1)  # the same dropout mask in both runs
+    model(x).square().mean().backward()
+    return {"conv": model[0], "bn": model[1], "next conv": model[3]}
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.ReLU6, nn.Hardtanh], ids=lambda cls: cls.__name__)
+def test_an_inplace_clamp_after_the_layer_gives_the_estimates_of_the_out_of_place_one(activation):
+    """conv -> bn -> clamp(inplace) -> conv, no pruner: where a clamp changes the activation
+    in place its input gradient is zero, so a * dL/da is unchanged and the estimate is right."""
+    in_place = _estimates_with_activation(activation, True, with_pruner=False)
+    out_of_place = _estimates_with_activation(activation, False, with_pruner=False)
+    for name, layer in in_place.items():
+        assert layer.taylor_estimates is not None
+        assert_close(layer.taylor_estimates, out_of_place[name].taylor_estimates, msg=name)
+
+
 @pytest.mark.parametrize(
     "activation",
     [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.Dropout],
     ids=lambda cls: cls.__name__,
 )
-def test_an_inplace_activation_after_the_layer_gives_the_estimates_of_the_out_of_place_one(activation):
-    """conv -> bn -> act(inplace) -> conv; the estimate is read at the BN output. All these
-    modules are channel-wise chain members for the graph walk (graph.CHANNELWISE_MODULES)."""
-    estimates = {}
-    for inplace in (False, True):
-        torch.manual_seed(0)
-        model = nn.Sequential(
-            PConv2d(3, 4, 3, dtype=DOUBLE),
-            PBatchNorm2d(4, dtype=DOUBLE),
-            activation(inplace=inplace),
-            PConv2d(4, 2, 1, dtype=DOUBLE),
-        )
-        x = torch.randn(6, 3, 5, 5, dtype=DOUBLE)
-        torch.manual_seed(1)  # the same dropout mask in both runs
-        model(x).square().mean().backward()
-        estimates[inplace] = {"conv": model[0], "bn": model[1], "next conv": model[3]}
-    for name, in_place in estimates[True].items():
-        assert_close(
-            in_place.taylor_estimates,
-            estimates[False][name].taylor_estimates,
-            msg=lambda m, name=name: f"{name} before {activation.__name__}(inplace=True): {m}",
-        )
+def test_a_pruner_keeps_any_inplace_activation_from_corrupting_the_chain_end_estimate(activation):
+    """With a pruner, any in-place activation after a chain end gives the out-of-place estimate
+    (the pruner makes the non-clamping ones out of place)."""
+    in_place = _estimates_with_activation(activation, True, with_pruner=True)
+    out_of_place = _estimates_with_activation(activation, False, with_pruner=True)
+    assert in_place["bn"].taylor_estimates is not None
+    assert_close(in_place["bn"].taylor_estimates, out_of_place["bn"].taylor_estimates)
 
 
 # -- when nothing is recorded -------------------------------------------------------------------

@@ -438,13 +438,12 @@ def test_chain_drop_with_bad_indices_changes_nothing(indices, error):
     assert_same_snapshot(before, snapshot(model, pruner))
 
 
-def test_chain_drop_checks_every_consumer_before_changing_a_producer():
+def test_a_chain_whose_consumer_cannot_split_its_features_is_refused():
     model, pruner, *_ = trained_surgery_net()
-    # the Linear's 45 inputs do not split into blocks of 7 features: found after the producer
-    chain = Chain("mismatched", (model[4],), (Consumer(model[7], features_per_channel=7),))
+    # the Linear's 45 inputs do not split into blocks of 7 features
     before = snapshot(model, pruner)
     with pytest.raises(ValueError, match="PLinear '7'.*features_per_channel=7"):
-        chain.drop([0])
+        Chain("mismatched", (model[4],), (Consumer(model[7], features_per_channel=7),))
     assert_same_snapshot(before, snapshot(model, pruner))
 
 
