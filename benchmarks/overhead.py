@@ -76,8 +76,10 @@ def plain_twin(model: nn.Module) -> nn.Module:
 def build_models(seed: int) -> tuple[nn.Module, nn.Module, list[str]]:
     torch.manual_seed(seed)
     prunable = VGG("vgg11", in_channels=3, input_size=32, num_classes=10)
+    # Build the pruner first (only chain ends keep estimating; it may also make in-place
+    # activations out of place), then copy, so that both models run the same modules.
+    prunable.pruner
     plain = plain_twin(prunable)
-    prunable.pruner  # build the pruner: only chain ends keep estimating
     estimating = [m.name_in_model for m in prunable.modules() if isinstance(m, PrunableLayer) and m.estimating]
     return prunable, plain, estimating
 
