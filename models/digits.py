@@ -28,6 +28,10 @@ class DigitsNet(PrunableModule):
             *_conv_block(width, width, 3, 1),
         )
         self.classifier = nn.Sequential(nn.Flatten(), PLinear(width * 24 * 24, num_classes))
+        self.in_channels = in_channels
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(1, self.in_channels, 28, 28, device=self.classifier[1].weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -68,5 +68,10 @@ class VGG(PrunableModule):
             PLinear(hidden, num_classes),
         )
 
+        self.input_shape = (in_channels, input_size, input_size)
+
+    def example_inputs(self) -> torch.Tensor:
+        return torch.zeros(1, *self.input_shape, device=self.classifier[1].weight.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)))

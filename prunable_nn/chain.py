@@ -1,99 +1,313 @@
-"""A chain: layers whose output channels are removed together, and the layers that read them.
+"""Chains: channels that are removed together, the layers that own them and those that read them.
 
-For ``conv -> bn -> relu -> pool -> next_conv`` the producers are ``(conv, bn)`` and the
-consumer is ``next_conv``. Removing channel ``k`` of the chain removes output channel ``k`` of
-every producer and input channel ``k`` of every consumer, which computes exactly what the
-unpruned network computes with channel ``k`` of the consumers' input set to zero. The
-estimate is read at the last producer, the activation that the consumers actually see.
+The walk of :mod:`prunable_nn.graph` labels channels and ties labels together. Here the tied
+labels become *units*, the smallest sets of channels that can be removed (one channel of a
+plain conv chain; the channel of every member of a residual group; the channel at one
+position of every group of a grouped convolution). A :class:`Chain` collects the units made
+by the same layers: every unit of a ResNet stage's residual stream is in one chain.
+
+Each layer side that owns or reads channels is a :class:`Member`, which knows the unit of
+each of its positions (output channel, input channel, or input feature of a ``PLinear`` fed
+by a flattened map). Removing units removes their positions from every member, wherever the
+positions are (after a concatenation they sit at an offset that moves as other chains
+shrink), so the index arithmetic is one mask per member. Everything is validated before any
+layer changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from .channels import as_channel_list, keep_indices
+from .graph import ChannelFlow
 from .layers import PrunableLayer
+
+OUTPUT, INPUT = "output", "input"
 
 
 @dataclass(frozen=True)
 class Consumer:
-    """A layer that reads a chain's channels as its input channels.
-
-    ``features_per_channel`` is ``H * W`` for a Linear layer fed by a flattened ``(C, H, W)``
-    map, else 1.
-    """
+    """A layer that reads a chain's channels, each as ``features_per_channel`` of its inputs
+    (``H * W`` for a ``PLinear`` fed by a flattened map, the number of groups for a grouped
+    convolution, else 1)."""
 
     layer: PrunableLayer
     features_per_channel: int = 1
 
 
-@dataclass(eq=False)
-class Chain:
-    """Producers whose output channels go together, and the consumers whose inputs follow.
-
-    ``original_channels[i]`` is the number, when the chain was made, of its channel ``i`` now.
-    """
+@dataclass(frozen=True)
+class FrozenChain:
+    """A chain none of whose channels can be removed, and why."""
 
     name: str
-    producers: tuple[PrunableLayer, ...]
-    consumers: tuple[Consumer, ...]
+    reason: str
+
+
+@dataclass(eq=False)
+class Member:
+    """One side (``"output"`` or ``"input"``) of a layer: the unit of each of its positions,
+    and the number each position had when the map was made."""
+
+    layer: PrunableLayer
+    role: str
+    units: torch.Tensor
+    original: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.original = torch.arange(len(self.units))
+
+    def positions_of(self, units: torch.Tensor) -> torch.Tensor:
+        """This member's positions whose unit is in ``units``."""
+        return torch.isin(self.units, units).nonzero().flatten()
+
+    def validate_drop(self, positions: torch.Tensor) -> torch.Tensor:
+        """Check with the layer that ``positions`` can go; return the positions kept."""
+        if self.role == OUTPUT:
+            return self.layer._output_keep(positions)
+        return self.layer._input_keep(positions)
+
+    def keep(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+        if self.role == OUTPUT:
+            self.layer._keep_outputs(keep, optimizer)
+        else:
+            self.layer._keep_inputs(keep, optimizer, 1)
+        self.units = self.units[keep]
+        self.original = self.original[keep]
+
+
+@dataclass(eq=False)
+class Chain:
+    """Units made by the same layers, named after the first of them. Its channels are in the
+    order in which that layer makes them; ``original_channels[i]`` is the number, when the
+    chain was made, of its channel ``i`` now. ``frozen`` gives the units that must stay, and
+    why."""
+
+    name: str
+    map: ChannelMap
+    units: torch.Tensor
+    frozen: dict[int, str]
     original_channels: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        if not self.producers:
-            raise ValueError(f"chain '{self.name}' has no producer layer")
-        sizes = {layer.describe(): layer.num_output_channels for layer in self.producers}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"chain '{self.name}': producers disagree on the channel count: {sizes}")
-        for consumer in self.consumers:
-            read = consumer.layer._input_channels_for(consumer.features_per_channel)
-            if read != self.num_channels:
-                raise ValueError(
-                    f"chain '{self.name}': {consumer.layer.describe()} reads {read} input channels "
-                    f"(features_per_channel={consumer.features_per_channel}), "
-                    f"its producers make {self.num_channels}"
-                )
-        self.original_channels = torch.arange(self.num_channels)
-
-    @property
-    def estimator(self) -> PrunableLayer:
-        """The layer whose estimates rank this chain's channels: the last producer."""
-        return self.producers[-1]
+        self.original_channels = torch.arange(len(self.units))
 
     @property
     def num_channels(self) -> int:
-        return self.producers[0].num_output_channels
+        return len(self.units)
+
+    @property
+    def prunable(self) -> torch.Tensor:
+        """Whether each channel may be removed."""
+        return torch.tensor([unit not in self.frozen for unit in self.units.tolist()], dtype=torch.bool)
+
+    @property
+    def producers(self) -> tuple[PrunableLayer, ...]:
+        """Layers whose output channels (or own channels) include this chain's."""
+        return tuple(member.layer for member in self._members(OUTPUT))
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        """Layers that read this chain's channels as inputs."""
+        consumers = []
+        for member in self._members(INPUT):
+            per_channel = int((member.units == self.units[0]).sum())
+            consumers.append(Consumer(member.layer, per_channel))
+        return tuple(consumers)
 
     @property
     def layers(self) -> tuple[PrunableLayer, ...]:
-        return self.producers + tuple(consumer.layer for consumer in self.consumers)
+        return tuple(dict.fromkeys(member.layer for member in self.map.members if self._holds(member)))
+
+    @property
+    def estimators(self) -> tuple[PrunableLayer, ...]:
+        """The layers whose estimates rank this chain's channels: those whose outputs the
+        readers see (the last batch norm of a conv-BN-ReLU chain, every batch norm that adds
+        into a residual stream)."""
+        return tuple(member.layer for member in self.map.estimators if self._holds(member))
 
     def estimates(self) -> torch.Tensor | None:
-        """The estimator's per-channel Taylor estimates (``None`` before any backward)."""
-        return self.estimator.taylor_estimates
+        """Each channel's Taylor estimate, summed over the estimators that see it (``None``
+        until every estimator has seen a backward pass)."""
+        total = None
+        for member in self.map.estimators:
+            if not self._holds(member):
+                continue
+            values = member.layer.taylor_estimates
+            if values is None:
+                return None
+            per_unit = self.map.per_unit(member, values)
+            total = per_unit if total is None else total + per_unit
+        return None if total is None else total[self.units]
 
     def validate_drop(self, indices: Iterable[int] | torch.Tensor) -> torch.Tensor:
-        """Check that every layer of the chain can drop ``indices``; return the channels kept."""
+        """Check that channels ``indices`` can go from every layer; return the units to remove."""
         owner = f"chain '{self.name}'"
         indices = as_channel_list(indices, owner=owner)
-        keep = keep_indices(indices, self.num_channels, owner=owner)
-        for layer in self.producers:
-            layer._output_keep(indices)
-        for consumer in self.consumers:
-            consumer.layer._input_keep(indices, consumer.features_per_channel)
-        return keep
-
-    def keep(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Keep only channels ``keep`` (already validated) in every layer of the chain."""
-        for layer in self.producers:
-            layer._keep_outputs(keep, optimizer)
-        for consumer in self.consumers:
-            consumer.layer._keep_inputs(keep, optimizer, consumer.features_per_channel)
-        self.original_channels = self.original_channels[keep]
+        keep_indices(indices, self.num_channels, owner=owner)
+        frozen = [index for index in indices if int(self.units[index]) in self.frozen]
+        if frozen:
+            reason = self.frozen[int(self.units[frozen[0]])]
+            raise ValueError(f"{owner}: channels {frozen} cannot be removed: {reason}")
+        units = self.units[indices]
+        self.map.plan(units)
+        return units
 
     def drop(self, indices: Iterable[int] | torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Remove channels ``indices`` from every layer of the chain, or nothing if any is bad."""
-        self.keep(self.validate_drop(indices), optimizer)
+        self.map.remove(self.validate_drop(indices), optimizer)
+
+    def _holds(self, member: Member) -> bool:
+        return bool(torch.isin(member.units, self.units).any())
+
+    def _members(self, role: str) -> list[Member]:
+        return [member for member in self.map.members if member.role == role and self._holds(member)]
+
+    def _forget(self, units: torch.Tensor) -> None:
+        alive = ~torch.isin(self.units, units)
+        self.units = self.units[alive]
+        self.original_channels = self.original_channels[alive]
+
+
+class ChannelMap:
+    """The members, units and chains of a model, from the walk of its graph."""
+
+    def __init__(self, flow: ChannelFlow) -> None:
+        unit_of = _connected_components(flow.num_labels, *_tie_pairs(flow))
+        self.members = [Member(layer, role, unit_of[labels]) for (layer, role), labels in flow.members.items()]
+        by_key = {(member.layer, member.role): member for member in self.members}
+        self.estimators = [by_key[(layer, OUTPUT)] for layer in flow.estimators]
+        self.num_units = int(unit_of.max()) + 1 if len(unit_of) else 0
+        frozen: dict[int, str] = {}
+        for labels, reason in flow.frozen:
+            for unit in unit_of[labels].unique().tolist():
+                frozen.setdefault(unit, reason)
+        estimated = torch.zeros(self.num_units, dtype=torch.bool)
+        for member in self.estimators:
+            estimated[member.units] = True
+        for unit in (~estimated).nonzero().flatten().tolist():
+            frozen.setdefault(unit, "they are not read by any layer")
+        self.frozen = frozen
+        self.alive = torch.ones(self.num_units, dtype=torch.bool)
+        self.chains, self.frozen_chains = self._make_chains(flow, unit_of)
+        self._usage = self._unit_usage()
+
+    def _make_chains(self, flow: ChannelFlow, unit_of: torch.Tensor) -> tuple[list[Chain], list[FrozenChain]]:
+        """One chain per set of units connected through the layers that make them."""
+        sizes = torch.tensor([space.size for space in flow.spaces], dtype=torch.long)
+        space_of = torch.repeat_interleave(torch.arange(len(flow.spaces)), sizes)
+        nodes = len(flow.spaces) + self.num_units
+        component = _connected_components(nodes, space_of, len(flow.spaces) + unit_of)
+        by_space = {space.layer: index for index, space in enumerate(flow.spaces) if space.layer is not None}
+        chains, frozen_chains, seen = [], [], set()
+        for member in self.members:
+            space = by_space.get(member.layer) if member.role == OUTPUT else None
+            if space is None or int(component[space]) in seen:
+                continue
+            seen.add(int(component[space]))
+            in_chain = (component[len(flow.spaces):] == component[space]).nonzero().flatten()
+            units = _in_order_of(member.units, in_chain)
+            chain_frozen = {unit: self.frozen[unit] for unit in units.tolist() if unit in self.frozen}
+            name = flow.spaces[space].name
+            if len(chain_frozen) == len(units):
+                frozen_chains.append(FrozenChain(name, chain_frozen[int(units[0])]))
+            else:
+                chains.append(Chain(name, self, units, chain_frozen))
+        return chains, frozen_chains
+
+    def _unit_usage(self) -> list[list[tuple[int, int]]]:
+        """For each unit, the members it has positions in and how many."""
+        usage: list[list[tuple[int, int]]] = [[] for _ in range(self.num_units)]
+        for index, member in enumerate(self.members):
+            units, counts = torch.unique(member.units, return_counts=True)
+            for unit, count in zip(units.tolist(), counts.tolist()):
+                usage[unit].append((index, count))
+        return usage
+
+    # -- estimates ----------------------------------------------------------------------------
+    def per_unit(self, member: Member, values: torch.Tensor) -> torch.Tensor:
+        """Per-position ``values`` of ``member`` summed into each unit."""
+        total = torch.zeros(self.num_units, dtype=values.dtype, device=values.device)
+        return total.scatter_add_(0, member.units.to(values.device), values)
+
+    # -- removal ------------------------------------------------------------------------------
+    @property
+    def prunable(self) -> torch.Tensor:
+        """Whether each unit is still there and may be removed."""
+        prunable = self.alive.clone()
+        prunable[list(self.frozen)] = False
+        return prunable
+
+    def removable(self, candidates: Sequence[int], limit: int | None = None) -> list[int]:
+        """The prunable candidate units that can go, taken in order while every member keeps
+        a position, at most ``limit`` of them."""
+        prunable = self.prunable.tolist()
+        room = [len(member.units) - 1 for member in self.members]
+        chosen = []
+        for unit in candidates:
+            if limit is not None and len(chosen) == limit:
+                break
+            usage = self._usage[unit]
+            if not prunable[unit] or any(count > room[index] for index, count in usage):
+                continue
+            for index, count in usage:
+                room[index] -= count
+            chosen.append(unit)
+        return chosen
+
+    def plan(self, units: torch.Tensor) -> list[tuple[Member, torch.Tensor, torch.Tensor]]:
+        """Validate removing ``units`` from every member; return ``(member, dropped
+        positions, kept positions)`` for the members that change. Changes nothing."""
+        plan = []
+        touched = sorted({index for unit in units.tolist() for index, _ in self._usage[unit]})
+        for index in touched:
+            member = self.members[index]
+            dropped = member.positions_of(units)
+            plan.append((member, dropped, member.validate_drop(dropped)))
+        return plan
+
+    def remove(self, units: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> list[tuple[Member, torch.Tensor, torch.Tensor]]:
+        """Remove ``units`` from every member (all validated first). Returns the plan, with
+        each member's dropped positions numbered as before the call and originally."""
+        plan = self.plan(units)
+        done = []
+        for member, dropped, keep in plan:
+            original = member.original[dropped]
+            member.keep(keep, optimizer)
+            done.append((member, dropped, original))
+        self.alive[units] = False
+        for chain in self.chains:
+            chain._forget(units)
+        return done
+
+
+def _tie_pairs(flow: ChannelFlow) -> tuple[torch.Tensor, torch.Tensor]:
+    if not flow.ties:
+        empty = torch.empty(0, dtype=torch.long)
+        return empty, empty
+    return torch.cat([first for first, _ in flow.ties]), torch.cat([second for _, second in flow.ties])
+
+
+def _connected_components(num_nodes: int, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Component of each node, numbered ``0, 1, ...`` in the order of each component's
+    smallest node: minimum-label propagation along the edges ``(first[i], second[i])`` with
+    pointer jumping, until nothing changes."""
+    component = torch.arange(num_nodes)
+    while len(first):
+        low = torch.minimum(component[first], component[second])
+        updated = component.scatter_reduce(0, first, low, "amin").scatter_reduce(0, second, low, "amin")
+        updated = updated[updated]
+        if torch.equal(updated, component):
+            break
+        component = updated
+    return torch.unique(component, return_inverse=True)[1]
+
+
+def _in_order_of(units: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
+    """The units of ``subset`` in the order they first appear in ``units``, then the rest
+    (units that the first layer does not make, tied to it through others)."""
+    order = dict.fromkeys(units[torch.isin(units, subset)].tolist())
+    order.update(dict.fromkeys(subset.tolist()))
+    return torch.tensor(list(order), dtype=torch.long)

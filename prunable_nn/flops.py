@@ -20,8 +20,8 @@ ExampleInputs = torch.Tensor | tuple[torch.Tensor, ...]
 def flops_per_module(model: nn.Module, example_inputs: ExampleInputs) -> tuple[int, dict[str, int]]:
     """Total FLOPs of one forward pass, and the FLOPs of each named submodule."""
     counter = FlopCounterMode(display=False)
-    with _evaluating(model), torch.no_grad(), counter:
-        model(*_as_tuple(example_inputs))
+    with evaluating(model), torch.no_grad(), counter:
+        model(*as_tuple(example_inputs))
     prefix = type(model).__name__ + "."
     per_module = {
         name[len(prefix):]: sum(counts.values())
@@ -42,7 +42,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
+def evaluating(model: nn.Module) -> Iterator[None]:
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
@@ -52,5 +52,5 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
             module.training = training
 
 
-def _as_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
+def as_tuple(example_inputs: ExampleInputs) -> tuple[torch.Tensor, ...]:
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)

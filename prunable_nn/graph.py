@@ -1,185 +1,518 @@
-"""Finding the chains of a model written with prunable layers, from its ``torch.fx`` graph.
+"""Which channels of a model go together: labels carried through its ``torch.fx`` graph.
 
-From every ``PConv2d`` (``groups=1``) and ``PLinear`` the walk follows the activation:
+Every channel that a layer creates gets a label: each output channel of a ``PConv2d`` or
+``PLinear``, and each channel of the model's inputs and of values that come out of operations
+that are not understood. Walking the graph in order, every value with channels carries the
+labels of its channel dimension, and each operation says what it does to them:
 
-1. the trunk: while the activation has a single user that is a per-channel layer
-   (``PBatchNorm2d``, a depthwise ``PConv2d``) or a channel-wise operation (activation,
-   pooling, dropout), the per-channel layers join the producers;
-2. the readers: every path onward through channel-wise operations and flattening must end in
-   a consumer, a ``PConv2d`` reading the map or a ``PLinear`` reading its features (a
-   flattened ``(C, H, W)`` map gives ``H * W`` features per channel).
+- channel-wise operations (activations, pooling, dropout, reductions over other dims, slices
+  of other dims, flatten into channel-major blocks, permutes) carry the labels along;
+- per-channel layers (``PBatchNorm2d``, depthwise ``PConv2d``) own the labels they read;
+- element-wise operations of several values (residual additions, gating products) tie the
+  labels at equal positions together: those channels can only be removed together;
+- concatenation along the channel dimension concatenates the label lists;
+- a grouped convolution ties the channels at the same position of every group;
+- ``PConv2d`` and ``PLinear`` read labels as their input channels (features).
 
-A path that reaches the model's output, a per-channel layer after a fork, or an operation
-not known to keep channels apart leaves the chain unprunable, with the reason recorded.
+Labels that reach the model's output, feed an operation not understood (channel shuffles,
+splits, normalisation across channels, modules that could not be traced), or are combined
+with a fixed per-channel tensor are frozen, with the reason. Removing a set of tied labels
+from every layer that owns or reads them computes what the unpruned model computes with
+those channels zeroed at the readers' inputs (DESIGN.md, rule 1).
 
-In-place activation modules on these paths are made out of place, except the clamps (ReLU,
-ReLU6, Hardtanh): the estimate reads the chain end's output when its gradient arrives, and
-only a clamp leaves ``a * dL/da`` unchanged when it overwrites ``a`` (where it changes a
-value, the gradient before it is zero).
+The estimators are the prunable layers whose outputs the readers see: walking back from each
+reader's input through the operations that carry labels, the first prunable layer met.
+
+In-place activation modules other than the clamps (ReLU, ReLU6, Hardtanh) are made out of
+place: an estimate reads its layer's output when its gradient arrives, and only a clamp leaves
+``a * dL/da`` unchanged when it overwrites ``a`` (where it changes a value, the gradient
+before it is zero).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import operator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torchvision.ops import stochastic_depth
 
-from .chain import Chain, Consumer
 from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
 
-CHANNELWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
-    nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.Identity,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
+    nn.Dropout, nn.AlphaDropout, nn.Identity,
 )
-CHANNELWISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.dropout2d,
-    F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-    torch.relu, torch.sigmoid, torch.tanh,
-}
+#: Modules that work on the last two dims and keep the channels of dim -3 apart.
+SPATIAL_MODULES = (
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout2d,
+    nn.Upsample, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)
 INPLACE_SAFE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
-CHANNELWISE_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous"}
-
-
-class UnprunableChain(Exception):
-    """Raised inside the walk when a producer's channels cannot be removed."""
+ELEMENTWISE_FUNCTIONS = {
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout,
+    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.clamp,
+    operator.neg, stochastic_depth,
+}
+INPLACE_SAFE_FUNCTIONS = {F.relu, F.relu6, F.hardtanh}
+SPATIAL_FUNCTIONS = {
+    F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.dropout2d,
+    F.interpolate,
+}
+ELEMENTWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "exp", "abs",
+    "neg", "contiguous", "clone", "float", "double", "half", "to", "type_as",
+}
+METADATA_METHODS = {"size", "dim", "numel", "element_size", "is_contiguous"}
+COMBINING_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
+    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
+}
+COMBINING_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+REDUCING_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
+REDUCING_METHODS = {"mean", "sum", "amax", "amin"}
+CONCATENATING_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 
 
 @dataclass(frozen=True)
-class FrozenLayer:
-    """A producer whose output channels stay, and why."""
+class Channels:
+    """The labels of one value's channel dimension ``dim`` (of ``ndim`` dims)."""
+
+    dim: int
+    ndim: int
+    labels: torch.Tensor
+
+
+@dataclass
+class Space:
+    """Labels ``start`` to ``start + size - 1``, made by one layer or value ``name``."""
 
     name: str
-    reason: str
+    start: int
+    size: int
+    layer: PrunableLayer | None
 
 
-class PrunableTracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps prunable layers whole."""
+@dataclass
+class ChannelFlow:
+    """What the walk found: the labels each layer owns or reads, the ties between labels, the
+    frozen labels and the estimators.
 
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, PrunableLayer) or super().is_leaf_module(module, qualified_name)
+    ``members[(layer, "output")]`` are the labels of a layer's output channels (for per-channel
+    layers, the channels they own); ``members[(layer, "input")]`` the labels of each input
+    channel (input feature of a ``PLinear``). ``ties`` pairs label tensors whose labels are
+    tied position by position.
+    """
 
+    spaces: list[Space] = field(default_factory=list)
+    members: dict[tuple[PrunableLayer, str], torch.Tensor] = field(default_factory=dict)
+    ties: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    frozen: list[tuple[torch.Tensor, str]] = field(default_factory=list)
+    estimators: list[PrunableLayer] = field(default_factory=list)
 
-def find_chains(model: nn.Module) -> tuple[list[Chain], list[FrozenLayer]]:
-    """The chains of ``model`` and the producers whose channels cannot be removed."""
-    try:
-        graph = PrunableTracer().trace(model)
-    except Exception as error:  # fx raises many kinds for untraceable code
-        raise RuntimeError(
-            f"cannot trace {type(model).__name__} with torch.fx ({error}); "
-            "pass chains=[...] to TaylorPruner instead"
-        ) from error
-    modules = dict(model.named_modules())
-    chains, frozen = [], []
-    for node in graph.nodes:
-        layer = _module(node, modules)
-        if not _starts_chain(layer):
-            continue
-        try:
-            chains.append(_walk(node, layer, modules))
-        except UnprunableChain as reason:
-            frozen.append(FrozenLayer(node.target, str(reason)))
-    return chains, frozen
+    @property
+    def num_labels(self) -> int:
+        return self.spaces[-1].start + self.spaces[-1].size if self.spaces else 0
 
 
-def _starts_chain(layer: nn.Module | None) -> bool:
-    return isinstance(layer, PLinear) or (isinstance(layer, PConv2d) and layer.groups == 1)
+def channel_flow(graph_module: fx.GraphModule) -> ChannelFlow:
+    """Walk ``graph_module`` (traced by :func:`prunable_nn.trace.trace`, shapes filled in)."""
+    return _Walk(graph_module).run()
 
 
-def _walk(start: fx.Node, first: PrunableLayer, modules: dict[str, nn.Module]) -> Chain:
-    producers = [first]
-    node = start
-    while len(node.users) == 1:
-        user = next(iter(node.users))
-        layer = _module(user, modules)
-        if _is_per_channel_layer(layer):
-            producers.append(layer)
-        elif not _is_channelwise(user, modules):
-            break
-        node = user
-    channels = first.num_output_channels
-    layout = "features" if isinstance(first, PLinear) else "map"
-    consumers = _readers(node, layout, channels, modules)
-    if not consumers:
-        raise UnprunableChain("its output is not read by any layer")
-    return Chain(str(start.target), tuple(producers), tuple(consumers))
+class _Walk:
+    def __init__(self, graph_module: fx.GraphModule) -> None:
+        self.graph = graph_module.graph
+        self.modules = dict(graph_module.named_modules())
+        self.flow = ChannelFlow()
+        self.values: dict[fx.Node, Any] = {}
+        #: For the nodes that carry labels from their inputs, the input nodes they come from.
+        self.sources: dict[fx.Node, list[fx.Node]] = {}
+        self.readers: list[fx.Node] = []
 
+    def run(self) -> ChannelFlow:
+        for node in self.graph.nodes:
+            self.values[node] = self._visit(node)
+        self._find_estimators()
+        return self.flow
 
-def _readers(node: fx.Node, layout: str, channels: int, modules: dict[str, nn.Module]) -> list[Consumer]:
-    """Consumers reached from ``node`` whose channel layout is ``layout``: ``"map"`` for
-    ``(N, C, H, W)``, ``"features"`` for ``(N, C)``, ``"flat"`` for a flattened map."""
-    consumers = []
-    for user in node.users:
-        layer = _module(user, modules)
-        if user.op == "output":
-            raise UnprunableChain("its channels reach the model's output")
-        if isinstance(layer, PConv2d) and layer.groups == 1 and layout == "map":
-            consumers.append(Consumer(layer))
-        elif isinstance(layer, PLinear) and layout in ("features", "flat"):
-            consumers.append(Consumer(layer, _features_per_channel(layer, channels, layout)))
-        elif _is_per_channel_layer(layer):
-            raise UnprunableChain(f"'{user.target}' follows it on one branch of several")
-        elif _is_flatten(user, modules):
-            consumers += _readers(user, "flat" if layout == "map" else layout, channels, modules)
-        elif _is_channelwise(user, modules):
-            consumers += _readers(user, layout, channels, modules)
+    # -- labels ---------------------------------------------------------------------------------
+    def _new_space(self, name: str, size: int, layer: PrunableLayer | None = None) -> torch.Tensor:
+        start = self.flow.num_labels
+        self.flow.spaces.append(Space(name, start, size, layer))
+        return torch.arange(start, start + size)
+
+    def _freeze(self, channels: Channels | None, reason: str) -> None:
+        if channels is not None:
+            self.flow.frozen.append((channels.labels, reason))
+
+    def _tie(self, first: torch.Tensor, second: torch.Tensor) -> None:
+        self.flow.ties.append((first, second))
+
+    def _fresh(self, node: fx.Node, reason: str) -> Any:
+        """Frozen labels for every value with channels in ``node``'s output."""
+
+        def make(meta: Any) -> Any:
+            if hasattr(meta, "shape"):
+                if len(meta.shape) < 2:
+                    return None
+                labels = self._new_space(node.name, meta.shape[1])
+                self.flow.frozen.append((labels, reason))
+                return Channels(1, len(meta.shape), labels)
+            if isinstance(meta, (list, tuple)):
+                return tuple(make(item) for item in meta)
+            if isinstance(meta, dict):
+                return {key: make(item) for key, item in meta.items()}
+            return None
+
+        return make(node.meta.get("tensor_meta"))
+
+    def _channels(self, argument: Any) -> Channels | None:
+        return self.values.get(argument) if isinstance(argument, fx.Node) else None
+
+    def _all_channels(self, argument: Any) -> Iterator[Channels]:
+        """Every ``Channels`` in ``argument`` (nested in lists, tuples and dicts)."""
+        if isinstance(argument, fx.Node):
+            yield from _flatten_values(self.values.get(argument))
+        elif isinstance(argument, (list, tuple)):
+            for item in argument:
+                yield from self._all_channels(item)
+        elif isinstance(argument, dict):
+            for item in argument.values():
+                yield from self._all_channels(item)
+
+    def _carry(self, node: fx.Node, sources: list[fx.Node], channels: Channels) -> Channels:
+        self.sources[node] = sources
+        return channels
+
+    # -- the walk -------------------------------------------------------------------------------
+    def _visit(self, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            return self._fresh(node, "they are the model's input")
+        if node.op == "get_attr":
+            return None
+        if node.op == "output":
+            for channels in self._all_channels(node.args):
+                self._freeze(channels, "they reach the model's output")
+            return None
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if isinstance(module, PrunableLayer):
+                return self._layer(node, module)
+            return self._module(node, module)
+        return self._operation(node)
+
+    def _unknown(self, node: fx.Node, what: str) -> Any:
+        reason = f"'{node.name}' ({what}) is not known to keep channels apart"
+        inputs = list(self._all_channels((node.args, node.kwargs)))
+        for channels in inputs:
+            self._freeze(channels, reason)
+        return self._fresh(node, reason)
+
+    def _module(self, node: fx.Node, module: nn.Module) -> Any:
+        what = type(module).__name__
+        source = node.args[0] if node.args else None
+        channels = self._channels(source)
+        if channels is None:
+            return self._unknown(node, what) if list(self._all_channels(node.args)) else self._fresh(node, what)
+        if isinstance(module, ELEMENTWISE_MODULES):
+            if getattr(module, "inplace", False) and not isinstance(module, INPLACE_SAFE_MODULES):
+                module.inplace = False
+            return self._carry(node, [source], channels)
+        if isinstance(module, SPATIAL_MODULES) and channels.dim == channels.ndim - 3:
+            return self._carry(node, [source], channels)
+        if isinstance(module, nn.Flatten):
+            return self._flatten(node, source, channels, module.start_dim, module.end_dim)
+        return self._unknown(node, what)
+
+    def _operation(self, node: fx.Node) -> Any:
+        target = node.target
+        method = target if node.op == "call_method" else None
+        function = target if node.op == "call_function" else None
+        what = f".{method}()" if method else getattr(function, "__name__", str(function))
+        if method in METADATA_METHODS or (function is getattr and node.args[1] in ("shape", "ndim", "dtype", "device")):
+            return None
+        if function is operator.getitem:
+            return self._getitem(node)
+        if not list(self._all_channels((node.args, node.kwargs))):
+            return None  # a value made without any channels: constants, shapes
+        source = node.args[0] if node.args else None
+        channels = self._channels(source)
+        if function in COMBINING_FUNCTIONS or method in COMBINING_METHODS:
+            return self._combine(node)
+        if function in CONCATENATING_FUNCTIONS:
+            return self._concatenate(node)
+        if channels is None:
+            return self._unknown(node, what)
+        if function in ELEMENTWISE_FUNCTIONS or method in ELEMENTWISE_METHODS:
+            if node.kwargs.get("inplace", False) and function not in INPLACE_SAFE_FUNCTIONS:
+                return self._unknown(node, f"{what} in place")
+            return self._carry(node, [source], channels)
+        if function in SPATIAL_FUNCTIONS and channels.dim == channels.ndim - 3:
+            return self._carry(node, [source], channels)
+        if function is torch.flatten or method == "flatten":
+            start = _argument(node, 1, "start_dim", 0)
+            end = _argument(node, 2, "end_dim", -1)
+            return self._flatten(node, source, channels, start, end)
+        if method in ("view", "reshape") or function is torch.reshape:
+            return self._reshape(node, source, channels, what)
+        if function is torch.permute or method == "permute":
+            return self._permute(node, source, channels, what)
+        if function is torch.transpose or method == "transpose":
+            return self._transpose(node, source, channels)
+        if function in REDUCING_FUNCTIONS or method in REDUCING_METHODS:
+            return self._reduce(node, source, channels, what)
+        return self._unknown(node, what)
+
+    # -- prunable layers ------------------------------------------------------------------------
+    def _layer(self, node: fx.Node, layer: PrunableLayer) -> Any:
+        name = node.target
+        source = node.args[0]
+        channels = self._channels(source)
+        channel_dim = -1 if isinstance(layer, PLinear) else -3
+        if channels is not None and channels.dim != channels.ndim + channel_dim:
+            self._freeze(channels, f"'{name}' ({type(layer).__name__}) does not read them as its channels")
+            channels = None
+        if isinstance(layer, PBatchNorm2d) or (isinstance(layer, PConv2d) and layer.is_depthwise):
+            if channels is None:
+                return self._fresh(node, f"'{name}' reads no known channels")
+            return self._carry(node, [source], self._own(layer, channels))
+        groups = getattr(layer, "groups", 1)
+        if groups > 1 and layer.in_channels == groups:
+            return self._unknown(node, f"a depthwise {type(layer).__name__} with a channel multiplier")
+        return self._reader(node, layer, source, channels, groups)
+
+    def _own(self, layer: PrunableLayer, channels: Channels) -> Channels:
+        """A per-channel layer owns the labels it reads (the same labels at every call)."""
+        key = (layer, "output")
+        if key in self.flow.members:
+            self._tie(self.flow.members[key], channels.labels)
         else:
-            raise UnprunableChain(f"'{user.name}' ({_describe(user, modules)}) is not understood")
-    return consumers
+            self.flow.members[key] = channels.labels
+        return channels
+
+    def _reader(
+        self, node: fx.Node, layer: PrunableLayer, source: fx.Node, channels: Channels | None, groups: int
+    ) -> Channels | None:
+        if channels is not None:
+            key = (layer, "input")
+            if key in self.flow.members:
+                self._tie(self.flow.members[key], channels.labels)
+            else:
+                self.flow.members[key] = channels.labels
+                self._tie_groups(channels.labels, groups)
+            self.readers.append(node)
+        key = (layer, "output")
+        if key not in self.flow.members:
+            self.flow.members[key] = self._new_space(node.target, layer.num_output_channels, layer)
+            self._tie_groups(self.flow.members[key], groups)
+        shape = node.meta["tensor_meta"].shape
+        dim = len(shape) - 1 if isinstance(layer, PLinear) else len(shape) - 3
+        return Channels(dim, len(shape), self.flow.members[key])
+
+    def _tie_groups(self, labels: torch.Tensor, groups: int) -> None:
+        """Tie the channels at the same position of every group of a grouped convolution."""
+        if groups > 1:
+            by_group = labels.view(groups, -1)
+            for group in range(1, groups):
+                self._tie(by_group[0], by_group[group])
+
+    # -- operations that carry labels ---------------------------------------------------------
+    def _combine(self, node: fx.Node) -> Any:
+        """Element-wise ops of several values tie the labels at each position of the channel
+        dim; a fixed tensor that varies along it freezes them."""
+        shape = node.meta["tensor_meta"].shape
+        ndim = len(shape)
+        operands = [argument for argument in (*node.args, *node.kwargs.values())]
+        tracked: list[tuple[fx.Node, Channels]] = []
+        dims = set()
+        fixed = []
+        for operand in operands:
+            operand_shape = _shape(operand)
+            channels = self._channels(operand)
+            if channels is not None and operand_shape[channels.dim] == shape[channels.dim + ndim - channels.ndim]:
+                tracked.append((operand, channels))
+                dims.add(channels.dim + ndim - channels.ndim)
+            elif channels is not None:
+                self._freeze(channels, f"'{node.name}' spreads them across the channels of another value")
+            elif operand_shape is not None:
+                fixed.append((operand, operand_shape))
+        if not tracked:
+            return self._fresh(node, f"'{node.name}' has no known channels")
+        if len(dims) > 1:
+            return self._unknown(node, "an element-wise op of values with channels in different dims")
+        dim = dims.pop()
+        for operand, operand_shape in fixed:
+            offset = len(operand_shape) - ndim + dim
+            if 0 <= offset < len(operand_shape) and operand_shape[offset] != 1:
+                reason = f"'{node.name}' combines them with a fixed per-channel tensor '{operand.name}'"
+                for _, channels in tracked:
+                    self._freeze(channels, reason)
+                return self._fresh(node, reason)
+        first = tracked[0][1]
+        for _, channels in tracked[1:]:
+            self._tie(first.labels, channels.labels)
+        return self._carry(node, [operand for operand, _ in tracked], Channels(dim, ndim, first.labels))
+
+    def _concatenate(self, node: fx.Node) -> Any:
+        values = _argument(node, 0, "tensors", ())
+        dim = _argument(node, 1, "dim", 0)
+        ndim = len(node.meta["tensor_meta"].shape)
+        dim %= ndim
+        parts = [self._channels(value) for value in values]
+        if any(part is None or part.dim != dim or part.ndim != ndim for part in parts):
+            return self._unknown(node, "a concatenation of values without channels along its dim")
+        return self._carry(node, list(values), Channels(dim, ndim, torch.cat([part.labels for part in parts])))
+
+    def _flatten(self, node: fx.Node, source: fx.Node, channels: Channels, start: int, end: int) -> Any:
+        """Flattening dims ``start..end`` keeps channel ``k`` as the block of ``prod(shape of
+        the later dims flattened)`` consecutive features ``k * block ..`` when the channel dim
+        is the first one flattened."""
+        shape = _shape(source)
+        start %= channels.ndim
+        end %= channels.ndim
+        if end < start:
+            return self._unknown(node, "flatten")
+        ndim = channels.ndim - (end - start)
+        if channels.dim < start:
+            return self._carry(node, [source], Channels(channels.dim, ndim, channels.labels))
+        if channels.dim > end:
+            return self._carry(node, [source], Channels(channels.dim - (end - start), ndim, channels.labels))
+        if channels.dim != start:
+            return self._unknown(node, "flatten into the channels")
+        block = 1
+        for size in shape[start + 1 : end + 1]:
+            block *= size
+        return self._carry(node, [source], Channels(start, ndim, channels.labels.repeat_interleave(block)))
+
+    def _reshape(self, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
+        """A reshape that keeps the dims before the channels and flattens the channels with
+        every later dim, written with ``-1`` (``x.view(x.size(0), -1)``), is a flatten; a
+        reshape with the sizes written out would not follow the pruned channels."""
+        sizes = node.args[1:] if node.op == "call_method" else node.args[1]
+        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+            sizes = sizes[0]
+        shape = _shape(source)
+        out_shape = node.meta["tensor_meta"].shape
+        keeps_leading = tuple(out_shape[: channels.dim]) == tuple(shape[: channels.dim])
+        if keeps_leading and len(sizes) == channels.dim + 1 and sizes[-1] == -1:
+            return self._flatten(node, source, channels, channels.dim, -1)
+        return self._unknown(node, what)
+
+    def _permute(self, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
+        dims = node.args[1:] if node.op == "call_method" else node.args[1]
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = dims[0]
+        dims = [dim % channels.ndim for dim in dims]
+        return self._carry(node, [source], Channels(dims.index(channels.dim), channels.ndim, channels.labels))
+
+    def _transpose(self, node: fx.Node, source: fx.Node, channels: Channels) -> Any:
+        first, second = (dim % channels.ndim for dim in node.args[1:3])
+        dim = {first: second, second: first}.get(channels.dim, channels.dim)
+        return self._carry(node, [source], Channels(dim, channels.ndim, channels.labels))
+
+    def _reduce(self, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
+        dims = _argument(node, 1, "dim", None)
+        keepdim = _argument(node, 2, "keepdim", False)
+        if dims is None:
+            return self._unknown(node, what)
+        dims = {dim % channels.ndim for dim in (dims if isinstance(dims, (list, tuple)) else [dims])}
+        if channels.dim in dims:
+            return self._unknown(node, what)
+        if keepdim:
+            return self._carry(node, [source], channels)
+        dim = channels.dim - sum(1 for reduced in dims if reduced < channels.dim)
+        return self._carry(node, [source], Channels(dim, channels.ndim - len(dims), channels.labels))
+
+    def _getitem(self, node: fx.Node) -> Any:
+        container, index = node.args
+        value = self.values.get(container) if isinstance(container, fx.Node) else None
+        if isinstance(value, (list, tuple)):
+            return value[index] if isinstance(index, int) and -len(value) <= index < len(value) else None
+        if isinstance(value, dict):
+            return value.get(index)
+        if not isinstance(value, Channels):
+            return None
+        dim = _dim_after_indexing(value, index)
+        if dim is None:
+            return self._unknown(node, "indexing of the channels")
+        ndim = len(node.meta["tensor_meta"].shape)
+        return self._carry(node, [container], Channels(dim, ndim, value.labels))
+
+    # -- estimators ---------------------------------------------------------------------------
+    def _find_estimators(self) -> None:
+        """For every reader, the prunable layers met first walking back from its input."""
+        found: dict[PrunableLayer, None] = {}
+        for reader in self.readers:
+            pending, seen = [reader.args[0]], set()
+            while pending:
+                node = pending.pop()
+                if node in seen:
+                    continue
+                seen.add(node)
+                module = self.modules.get(node.target) if node.op == "call_module" else None
+                if isinstance(module, PrunableLayer):
+                    found[module] = None
+                else:
+                    pending += self.sources.get(node, [])
+        self.flow.estimators = sorted(found, key=self._first_call)
+
+    def _first_call(self, layer: PrunableLayer) -> int:
+        for position, node in enumerate(self.graph.nodes):
+            if node.op == "call_module" and self.modules[node.target] is layer:
+                return position
+        return -1
 
 
-def _features_per_channel(layer: PLinear, channels: int, layout: str) -> int:
-    if layout == "features":
-        return 1
-    if layer.in_features % channels:
-        raise UnprunableChain(
-            f"{layer.describe()} reads {layer.in_features} features, not a multiple of {channels} channels"
-        )
-    return layer.in_features // channels
+def _flatten_values(value: Any) -> Iterator[Channels]:
+    if isinstance(value, Channels):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _flatten_values(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _flatten_values(item)
 
 
-def _module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
-    return modules.get(node.target) if node.op == "call_module" else None
+def _argument(node: fx.Node, position: int, name: str, default: Any) -> Any:
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(name, default)
 
 
-def _is_per_channel_layer(layer: nn.Module | None) -> bool:
-    return isinstance(layer, PBatchNorm2d) or (isinstance(layer, PConv2d) and layer.is_depthwise)
+def _shape(argument: Any) -> torch.Size | None:
+    if not isinstance(argument, fx.Node):
+        return None
+    meta = argument.meta.get("tensor_meta")
+    return meta.shape if hasattr(meta, "shape") else None
 
 
-def _is_channelwise(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether ``node`` keeps channels apart; in-place modules other than clamps are made out
-    of place on the way (see the module docstring)."""
-    if node.op == "call_module":
-        module = modules[node.target]
-        if not isinstance(module, CHANNELWISE_MODULES):
-            return False
-        if getattr(module, "inplace", False) and not isinstance(module, INPLACE_SAFE_MODULES):
-            module.inplace = False
-        return True
-    if node.op == "call_function":
-        return node.target in CHANNELWISE_FUNCTIONS and not node.kwargs.get("inplace", False)
-    if node.op == "call_method":
-        return node.target in CHANNELWISE_METHODS
-    return False
-
-
-def _is_flatten(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        layer = modules[node.target]
-        return isinstance(layer, nn.Flatten) and layer.start_dim == 1 and layer.end_dim == -1
-    if (node.op, node.target) in (("call_function", torch.flatten), ("call_method", "flatten")):
-        start_dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-        end_dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-        return start_dim == 1 and end_dim == -1
-    return False
-
-
-def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        return type(modules[node.target]).__name__
-    target = node.target
-    return getattr(target, "__name__", str(target)) if node.op == "call_function" else f".{target}()"
+def _dim_after_indexing(channels: Channels, index: Any) -> int | None:
+    """Where the channel dim is after ``value[index]``, or ``None`` if the index touches it."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if sum(item is Ellipsis for item in items) > 1:
+        return None
+    if Ellipsis in items:
+        position = items.index(Ellipsis)
+        used = sum(item is not None for item in items) - 1
+        items[position : position + 1] = [slice(None)] * (channels.ndim - used)
+    dim_in, dim_out = 0, 0
+    for item in items:
+        if item is None:
+            dim_out += 1
+            continue
+        if dim_in == channels.dim:
+            return dim_out if item == slice(None) else None
+        if isinstance(item, slice):
+            dim_out += 1
+        elif not isinstance(item, int):
+            return None
+        dim_in += 1
+    return dim_out + (channels.dim - dim_in)

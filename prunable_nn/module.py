@@ -5,15 +5,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .flops import ExampleInputs
 from .pruner import Removal, TaylorPruner
 
 
 class PrunableModule(nn.Module):
     """``nn.Module`` with ``prune()`` and ``num_prunables``, backed by a :class:`TaylorPruner`.
 
-    The pruner is made on first use, from the model's ``torch.fx`` graph. Set ``pruner`` to
-    one of your own to change its options (normalisation, FLOPs regularisation).
+    The pruner is made on first use, from the model's ``torch.fx`` graph traced with
+    ``example_inputs()``, which a subclass defines. Set ``pruner`` to one of your own to
+    change its options (normalisation, FLOPs regularisation).
     """
+
+    def example_inputs(self) -> ExampleInputs:
+        """Inputs of one forward pass (batch of one), to trace shapes and count FLOPs."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must define example_inputs(), or set "
+            "model.pruner = TaylorPruner(model, example_inputs)"
+        )
 
     @property
     def pruner(self) -> TaylorPruner:

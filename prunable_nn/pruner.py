@@ -1,48 +1,55 @@
 """The model-level pruner: global ranking of channels and their atomic removal.
 
-``TaylorPruner(model)`` finds the model's chains (or takes them from the caller), switches
-off the estimates that no chain reads, and on every ``prune()`` removes the channels with the
-lowest scores across all chains (:mod:`prunable_nn.ranking`). Everything is validated before
-any layer changes, so an error leaves the model exactly as it was.
+``TaylorPruner(model, example_inputs)`` turns the model's torch layers into prunable twins
+(:mod:`prunable_nn.convert`), traces it (:mod:`prunable_nn.trace`), finds which channels go
+together (:mod:`prunable_nn.graph`, :mod:`prunable_nn.chain`), switches off the estimates
+that nothing reads, and on every ``prune()`` removes the units with the lowest scores across
+the whole model (:mod:`prunable_nn.ranking`). Everything is validated before any layer
+changes, so an error leaves the model exactly as it was.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .chain import Chain
+from .chain import INPUT, Chain, ChannelMap, FrozenChain, Member
+from .convert import convert
 from .flops import ExampleInputs, flops_per_module
-from .graph import find_chains
+from .graph import channel_flow
 from .layers import PrunableLayer
-from .ranking import l2_normalise, relative_costs, select_lowest
+from .ranking import l2_normalise, lowest_first, relative_costs
+from .trace import trace
 
 
 @dataclass(frozen=True)
 class Removal:
     """Channels removed from one chain by one ``prune()`` call.
 
-    ``indices`` number the channels as they were just before the call, ``original_indices``
-    as they were when the pruner was made.
+    ``indices`` number the chain's channels as they were just before the call,
+    ``original_indices`` as they were when the pruner was made. ``inputs`` gives, for every
+    layer that read them, the input channels (input features of a ``PLinear``) that went,
+    numbered as just before the call.
     """
 
     chain: str
     layers: tuple[str, ...]
     indices: tuple[int, ...]
     original_indices: tuple[int, ...]
+    inputs: dict[str, tuple[int, ...]]
 
 
 class TaylorPruner:
-    """Prunes the globally least important channels of a model made of prunable layers.
+    """Prunes the globally least important channels of any model.
 
     Args:
-        model: the network; its ``PConv2d``, ``PBatchNorm2d`` and ``PLinear`` layers are pruned.
-        example_inputs: inputs of one forward pass, needed for FLOPs regularisation.
-        chains: the chains to prune, when they should not be found from the model's graph.
-        normalize: divide each chain's estimates by their L2 norm before ranking.
+        model: the network. Its ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.Linear`` layers are
+            replaced in place by their prunable twins (sharing their weights).
+        example_inputs: inputs of one forward pass (a tensor or a tuple), used to find the
+            shapes in the graph and to count FLOPs. A ``PrunableModule`` gives its own.
+        normalize: divide each estimator's estimates by their L2 norm before ranking.
         flops_regularization: ``lambda`` of the FLOPs penalty (0 switches it off; paper: 1e-3).
     """
 
@@ -50,113 +57,158 @@ class TaylorPruner:
         self,
         model: nn.Module,
         example_inputs: ExampleInputs | None = None,
-        chains: Sequence[Chain] | None = None,
         *,
         normalize: bool = True,
         flops_regularization: float = 0.0,
     ) -> None:
         if flops_regularization < 0:
             raise ValueError(f"flops_regularization must be >= 0, got {flops_regularization}")
-        if flops_regularization > 0 and example_inputs is None:
-            raise ValueError("flops_regularization needs example_inputs to count FLOPs")
-        self.model = model
+        if example_inputs is None:
+            example_inputs = _own_example_inputs(model)
+        self.model = convert(model)
         self.example_inputs = example_inputs
         self.normalize = normalize
         self.flops_regularization = flops_regularization
-        layer_names = {module: name for name, module in model.named_modules() if isinstance(module, PrunableLayer)}
-        for layer, name in layer_names.items():
+        layers = {module: name for name, module in model.named_modules() if isinstance(module, PrunableLayer)}
+        for layer, name in layers.items():
             layer.name_in_model = name
-        if chains is None:
-            self.chains, self.frozen = find_chains(model)
-        else:
-            self.chains, self.frozen = list(chains), []
-            _check_chain_layers(self.chains, layer_names)
-        estimators = {chain.estimator for chain in self.chains}
-        for layer in layer_names:
-            layer.estimating = layer in estimators
+        graph_module, self.opaque = trace(model, example_inputs)
+        self.map = ChannelMap(channel_flow(graph_module))
+        self._estimators = [member for member in self.map.estimators if self._has_prunable_units(member)]
+        estimating = {member.layer for member in self._estimators}
+        for layer in layers:
+            layer.estimating = layer in estimating
+
+    @property
+    def chains(self) -> list[Chain]:
+        """The chains with channels that can be removed, in the order of the model's graph."""
+        return self.map.chains
+
+    @property
+    def frozen(self) -> list[FrozenChain]:
+        """The chains none of whose channels can be removed, and why."""
+        return self.map.frozen_chains
 
     @property
     def num_prunables(self) -> int:
-        """Channels that can still be removed (every chain keeps one)."""
-        return sum(chain.num_channels - 1 for chain in self.chains)
+        """Units of channels that can still be removed (every layer keeps one)."""
+        return len(self.map.removable(range(self.map.num_units)))
 
     def reset_estimates(self) -> None:
-        """Forget the estimates accumulated by every chain."""
-        for chain in self.chains:
-            chain.estimator.reset_estimates()
+        """Forget the estimates accumulated by every estimator."""
+        for member in self.map.estimators:
+            member.layer.reset_estimates()
 
     def scores(self) -> list[torch.Tensor]:
         """Each chain's ranking scores: normalised estimates minus the FLOPs penalty."""
-        estimates = [self._checked_estimates(chain) for chain in self.chains]
-        if self.normalize:
-            estimates = [l2_normalise(values) for values in estimates]
-        if self.flops_regularization > 0:
-            costs = relative_costs(self._flops_per_channel())
-            estimates = [values - self.flops_regularization * cost for values, cost in zip(estimates, costs)]
-        return estimates
+        scores = self._unit_scores()
+        return [scores[chain.units] for chain in self.chains]
 
     def prune(self, max_to_prune: int = 8, optimizer: torch.optim.Optimizer | None = None) -> list[Removal]:
-        """Remove up to ``max_to_prune`` channels with the lowest scores across all chains.
+        """Remove up to ``max_to_prune`` units of channels with the lowest scores in the model.
 
         With ``optimizer``, its per-parameter state is sliced along with the parameters.
         Resets the estimates. Returns what was removed, one entry per chain touched.
         """
         if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
             raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
-        chosen = select_lowest(self.scores(), max_to_prune)
-        plan = [(chain, channels, chain.validate_drop(channels)) for chain, channels in zip(self.chains, chosen) if channels]
-        removals = []
-        for chain, channels, keep in plan:
-            removals.append(
-                Removal(
-                    chain=chain.name,
-                    layers=tuple(layer.name_in_model for layer in chain.layers),
-                    indices=tuple(channels),
-                    original_indices=tuple(chain.original_channels[channels].tolist()),
-                )
-            )
-            chain.keep(keep, optimizer)
+        order = lowest_first(self._unit_scores(), self.map.prunable)
+        units = torch.tensor(self.map.removable(order, limit=max_to_prune), dtype=torch.long)
+        self.map.plan(units)
+        removals = [self._removal(chain, units) for chain in self.chains if torch.isin(chain.units, units).any()]
+        self.map.remove(units, optimizer)
         self.reset_estimates()
         return removals
 
-    def _checked_estimates(self, chain: Chain) -> torch.Tensor:
-        estimates = chain.estimates()
-        layer = chain.estimator.describe()
+    def report(self) -> str:
+        """The chains, their sizes and layers, and what cannot be removed and why."""
+        lines = [
+            f"TaylorPruner({type(self.model).__name__}: {len(self.chains)} chains, "
+            f"{self.num_prunables} prunable units)"
+        ]
+        for chain in self.chains:
+            producers = ", ".join(layer.name_in_model for layer in chain.producers)
+            readers = ", ".join(consumer.layer.name_in_model for consumer in chain.consumers)
+            frozen = len(chain.frozen)
+            lines.append(
+                f"  {chain.name}: {chain.num_channels} channels; producers {producers}; read by {readers}"
+                + (f"; {frozen} frozen: {next(iter(chain.frozen.values()))}" if frozen else "")
+            )
+        for frozen in self.frozen:
+            lines.append(f"  {frozen.name}: not prunable, {frozen.reason}")
+        for module in self.opaque:
+            lines.append(f"  {module.name}: kept whole, torch.fx cannot trace it ({module.error})")
+        return "\n".join(lines)
+
+    __repr__ = report
+
+    # -- internals ------------------------------------------------------------------------------
+    def _has_prunable_units(self, member: Member) -> bool:
+        return any(unit not in self.map.frozen for unit in member.units.unique().tolist())
+
+    def _unit_scores(self) -> torch.Tensor:
+        scores = torch.zeros(self.map.num_units, dtype=torch.float64)
+        for member in self._estimators:
+            values = self._checked_estimates(member).detach().double().cpu()
+            if self.normalize:
+                values = l2_normalise(values)
+            scores += self.map.per_unit(member, values)
+        if self.flops_regularization > 0:
+            scores -= self.flops_regularization * relative_costs(self._unit_costs(), self.map.prunable)
+        return scores
+
+    def _checked_estimates(self, member: Member) -> torch.Tensor:
+        estimates = member.layer.taylor_estimates
+        layer = member.layer.describe()
+        chain = self._chain_of(member)
         if estimates is None:
             raise RuntimeError(
-                f"chain '{chain.name}' has no Taylor estimates yet ({layer} has seen no backward "
+                f"chain '{chain}' has no Taylor estimates yet ({layer} has seen no backward "
                 "pass in training mode since the last prune or reset): train before pruning"
             )
         bad = (~torch.isfinite(estimates)).nonzero().flatten().tolist()
         if bad:
             raise RuntimeError(
-                f"chain '{chain.name}': the Taylor estimates of {layer} are not finite for channels "
+                f"chain '{chain}': the Taylor estimates of {layer} are not finite for channels "
                 f"{bad} (values {estimates[bad].tolist()}); were the gradients NaN or infinite?"
             )
         return estimates
 
-    def _flops_per_channel(self) -> list[float]:
+    def _chain_of(self, member: Member) -> str:
+        return next((chain.name for chain in self.chains if torch.isin(member.units, chain.units).any()), "?")
+
+    def _unit_costs(self) -> torch.Tensor:
+        """FLOPs of each unit: every member's FLOPs shared equally among its positions."""
         _, per_module = flops_per_module(self.model, self.example_inputs)
-        costs = []
-        for chain in self.chains:
-            producer_flops = sum(per_module.get(layer.name_in_model, 0) for layer in chain.producers)
-            consumer_flops = sum(per_module.get(c.layer.name_in_model, 0) for c in chain.consumers)
-            costs.append((producer_flops + consumer_flops) / chain.num_channels)
+        costs = torch.zeros(self.map.num_units, dtype=torch.float64)
+        for member in self.map.members:
+            flops = per_module.get(member.layer.name_in_model, 0)
+            if flops and len(member.units):
+                costs.scatter_add_(0, member.units, torch.full((len(member.units),), flops / len(member.units), dtype=torch.float64))
         return costs
 
-    def __repr__(self) -> str:
-        lines = [f"TaylorPruner({type(self.model).__name__}: {len(self.chains)} chains, {self.num_prunables} prunable channels)"]
-        for chain in self.chains:
-            readers = ", ".join(c.layer.name_in_model for c in chain.consumers)
-            producers = ", ".join(layer.name_in_model for layer in chain.producers)
-            lines.append(f"  {chain.name}: {chain.num_channels} channels; producers {producers}; read by {readers}")
-        for frozen in self.frozen:
-            lines.append(f"  {frozen.name}: not prunable, {frozen.reason}")
-        return "\n".join(lines)
+    def _removal(self, chain: Chain, units: torch.Tensor) -> Removal:
+        going = torch.isin(chain.units, units)
+        chain_units = chain.units[going]
+        inputs = {
+            member.layer.name_in_model: tuple(member.positions_of(chain_units).tolist())
+            for member in self.map.members
+            if member.role == INPUT and torch.isin(member.units, chain_units).any()
+        }
+        return Removal(
+            chain=chain.name,
+            layers=tuple(layer.name_in_model for layer in chain.layers),
+            indices=tuple(going.nonzero().flatten().tolist()),
+            original_indices=tuple(chain.original_channels[going].tolist()),
+            inputs=inputs,
+        )
 
 
-def _check_chain_layers(chains: Sequence[Chain], layer_names: dict[PrunableLayer, str]) -> None:
-    for chain in chains:
-        for layer in chain.layers:
-            if layer not in layer_names:
-                raise ValueError(f"chain '{chain.name}': {layer.describe()} is not a prunable layer of the model")
+def _own_example_inputs(model: nn.Module) -> ExampleInputs:
+    make = getattr(model, "example_inputs", None)
+    if not callable(make):
+        raise TypeError(
+            f"TaylorPruner needs example_inputs for {type(model).__name__}: a tensor (or tuple) "
+            "that the model's forward accepts, e.g. torch.zeros(1, 3, 224, 224)"
+        )
+    return make()

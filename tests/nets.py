@@ -105,7 +105,7 @@ def accumulate_estimates(model: nn.Module, inputs, labels) -> None:
 
 def set_estimates(chain: Chain, values: Iterable[float]) -> None:
     """Make ``values`` the Taylor estimates of ``chain`` (as if one example had given them)."""
-    estimator = chain.estimator
+    (estimator,) = chain.estimators
     estimator._taylor_sum = torch.as_tensor(list(values), dtype=torch.float64)
     estimator._taylor_count = 1
 

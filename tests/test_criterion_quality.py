@@ -100,7 +100,7 @@ def measured(digits, one_torch_thread) -> dict[str, list[float]]:
     for seed in SEEDS:
         torch.manual_seed(seed)
         model = digits_net()
-        pruner = TaylorPruner(model)
+        pruner = TaylorPruner(model, images[:1])
         results["accuracy"].append(train(model, images, labels, seed))
         taylor_pass(model, pruner, images, labels)
         for chain in pruner.chains:

@@ -148,9 +148,9 @@ def _estimates_with_activation(activation, inplace, with_pruner):
         activation(inplace=inplace),
         PConv2d(4, 2, 1, dtype=DOUBLE),
     )
-    if with_pruner:
-        TaylorPruner(model)
     x = torch.randn(6, 3, 5, 5, dtype=DOUBLE)
+    if with_pruner:
+        TaylorPruner(model, x)
     torch.manual_seed(1)  # the same dropout mask in both runs
     model(x).square().mean().backward()
     return {"conv": model[0], "bn": model[1], "next conv": model[3]}

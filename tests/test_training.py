@@ -56,7 +56,7 @@ def test_endless_goes_on_past_one_pass_and_rejects_empty_loaders():
 def test_training_on_digits_learns_and_accumulates_estimates():
     torch.manual_seed(0)
     model = small_net()
-    pruner = TaylorPruner(model)
+    pruner = TaylorPruner(model, torch.zeros(1, 1, 8, 8))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     train = make_loader(data.digits(train=True), 64, shuffle=True)
     test = make_loader(data.digits(train=False), 128)
@@ -72,7 +72,7 @@ def test_training_on_digits_learns_and_accumulates_estimates():
 def test_evaluate_restores_modes_and_leaves_estimates_alone():
     torch.manual_seed(0)
     model = small_net()
-    pruner = TaylorPruner(model)
+    pruner = TaylorPruner(model, torch.zeros(1, 1, 8, 8))
     loader = make_loader(data.digits(train=False), 100)
     model.train()
     model[1].eval()  # a mixed state must come back as it was

@@ -1,0 +1,35 @@
+"""Turning the torch layers of any model into their prunable twins, in place."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
+
+#: The plain torch layer classes that have prunable twins (exact classes, not subclasses,
+#: whose own code may expect more than the plain layer offers).
+TWINS: dict[type[nn.Module], type[PrunableLayer]] = {
+    nn.Conv2d: PConv2d,
+    nn.BatchNorm2d: PBatchNorm2d,
+    nn.Linear: PLinear,
+}
+
+
+def convert(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.Linear`` inside ``model`` by its
+    prunable twin, in place, and return ``model``.
+
+    The twins share the layers' parameters, buffers and hooks (an optimizer made before keeps
+    working), and a layer registered under several names stays one layer. The root module
+    itself cannot be replaced in place; convert it with ``PConv2d.from_module`` and friends.
+    """
+    twins: dict[nn.Module, PrunableLayer] = {}
+    for parent in list(model.modules()):
+        for name, child in parent._modules.items():
+            twin_class = TWINS.get(type(child))
+            if twin_class is None:
+                continue
+            if child not in twins:
+                twins[child] = twin_class.from_module(child)
+            parent._modules[name] = twins[child]
+    return model
