@@ -34,6 +34,7 @@ demo: $(STAMP) $(FASHION_MNIST)
 
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/convert.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

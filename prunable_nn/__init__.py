@@ -2,6 +2,7 @@
 
 from .chain import Chain, Consumer
 from .data import digits, fashion_mnist, mnist, read_idx
+from .export import to_torch
 from .flops import count_flops, count_parameters
 from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
 from .module import PrunableModule
@@ -25,6 +26,7 @@ __all__ = [
     "fashion_mnist",
     "mnist",
     "read_idx",
+    "to_torch",
     "train_epoch",
     "train_steps",
 ]

@@ -89,6 +89,7 @@ class Chain:
     map: ChannelMap
     units: torch.Tensor
     frozen: dict[int, str]
+    members: list[Member] = field(default_factory=list)
     original_channels: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,22 +120,20 @@ class Chain:
 
     @property
     def layers(self) -> tuple[PrunableLayer, ...]:
-        return tuple(dict.fromkeys(member.layer for member in self.map.members if self._holds(member)))
+        return tuple(dict.fromkeys(member.layer for member in self.members))
 
     @property
     def estimators(self) -> tuple[PrunableLayer, ...]:
         """The layers whose estimates rank this chain's channels: those whose outputs the
         readers see (the last batch norm of a conv-BN-ReLU chain, every batch norm that adds
         into a residual stream)."""
-        return tuple(member.layer for member in self.map.estimators if self._holds(member))
+        return tuple(member.layer for member in self._estimator_members())
 
     def estimates(self) -> torch.Tensor | None:
         """Each channel's Taylor estimate, summed over the estimators that see it (``None``
         until every estimator has seen a backward pass)."""
         total = None
-        for member in self.map.estimators:
-            if not self._holds(member):
-                continue
+        for member in self._estimator_members():
             values = member.layer.taylor_estimates
             if values is None:
                 return None
@@ -159,11 +158,11 @@ class Chain:
         """Remove channels ``indices`` from every layer of the chain, or nothing if any is bad."""
         self.map.remove(self.validate_drop(indices), optimizer)
 
-    def _holds(self, member: Member) -> bool:
-        return bool(torch.isin(member.units, self.units).any())
-
     def _members(self, role: str) -> list[Member]:
-        return [member for member in self.map.members if member.role == role and self._holds(member)]
+        return [member for member in self.members if member.role == role]
+
+    def _estimator_members(self) -> list[Member]:
+        return [member for member in self.map.estimators if member in self.members]
 
     def _forget(self, units: torch.Tensor) -> None:
         alive = ~torch.isin(self.units, units)
@@ -192,7 +191,14 @@ class ChannelMap:
         self.frozen = frozen
         self.alive = torch.ones(self.num_units, dtype=torch.bool)
         self.chains, self.frozen_chains = self._make_chains(flow, unit_of)
-        self._usage = self._unit_usage()
+        self.chain_of_unit = torch.full((self.num_units,), -1, dtype=torch.long)
+        for index, chain in enumerate(self.chains):
+            self.chain_of_unit[chain.units] = index
+        for member in self.members:
+            for index in self.chain_of_unit[member.units].unique().tolist():
+                if index >= 0:
+                    self.chains[index].members.append(member)
+        self._index_usage()
 
     def _make_chains(self, flow: ChannelFlow, unit_of: torch.Tensor) -> tuple[list[Chain], list[FrozenChain]]:
         """One chain per set of units connected through the layers that make them."""
@@ -217,14 +223,20 @@ class ChannelMap:
                 chains.append(Chain(name, self, units, chain_frozen))
         return chains, frozen_chains
 
-    def _unit_usage(self) -> list[list[tuple[int, int]]]:
-        """For each unit, the members it has positions in and how many."""
-        usage: list[list[tuple[int, int]]] = [[] for _ in range(self.num_units)]
-        for index, member in enumerate(self.members):
-            units, counts = torch.unique(member.units, return_counts=True)
-            for unit, count in zip(units.tolist(), counts.tolist()):
-                usage[unit].append((index, count))
-        return usage
+    def _index_usage(self) -> None:
+        """For each unit, the members it has positions in and how many: unit ``u`` has
+        ``_usage_counts[i]`` positions in member ``_usage_members[i]`` for ``i`` from
+        ``_usage_start[u]`` to ``_usage_start[u + 1] - 1``."""
+        count = max(1, len(self.members))
+        keys = [member.units * count + index for index, member in enumerate(self.members)]
+        pairs, counts = torch.unique(torch.cat(keys) if keys else torch.empty(0, dtype=torch.long), return_counts=True)
+        self._usage_members = (pairs % count).tolist()
+        self._usage_counts = counts.tolist()
+        self._usage_start = torch.searchsorted(pairs // count, torch.arange(self.num_units + 1)).tolist()
+
+    def _usage(self, unit: int) -> zip:
+        start, end = self._usage_start[unit], self._usage_start[unit + 1]
+        return zip(self._usage_members[start:end], self._usage_counts[start:end])
 
     # -- estimates ----------------------------------------------------------------------------
     def per_unit(self, member: Member, values: torch.Tensor) -> torch.Tensor:
@@ -249,8 +261,10 @@ class ChannelMap:
         for unit in candidates:
             if limit is not None and len(chosen) == limit:
                 break
-            usage = self._usage[unit]
-            if not prunable[unit] or any(count > room[index] for index, count in usage):
+            if not prunable[unit]:
+                continue
+            usage = list(self._usage(unit))
+            if any(count > room[index] for index, count in usage):
                 continue
             for index, count in usage:
                 room[index] -= count
@@ -261,26 +275,29 @@ class ChannelMap:
         """Validate removing ``units`` from every member; return ``(member, dropped
         positions, kept positions)`` for the members that change. Changes nothing."""
         plan = []
-        touched = sorted({index for unit in units.tolist() for index, _ in self._usage[unit]})
+        touched = sorted({index for unit in units.tolist() for index, _ in self._usage(unit)})
         for index in touched:
             member = self.members[index]
             dropped = member.positions_of(units)
             plan.append((member, dropped, member.validate_drop(dropped)))
         return plan
 
-    def remove(self, units: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> list[tuple[Member, torch.Tensor, torch.Tensor]]:
-        """Remove ``units`` from every member (all validated first). Returns the plan, with
-        each member's dropped positions numbered as before the call and originally."""
-        plan = self.plan(units)
-        done = []
-        for member, dropped, keep in plan:
-            original = member.original[dropped]
+    def remove(self, units: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Remove ``units`` from every member, all validated first."""
+        self.apply(self.plan(units), units, optimizer)
+
+    def apply(
+        self,
+        plan: list[tuple[Member, torch.Tensor, torch.Tensor]],
+        units: torch.Tensor,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        """Carry out ``plan``, made by :meth:`plan` for ``units``."""
+        for member, _, keep in plan:
             member.keep(keep, optimizer)
-            done.append((member, dropped, original))
         self.alive[units] = False
         for chain in self.chains:
             chain._forget(units)
-        return done
 
 
 def _tie_pairs(flow: ChannelFlow) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,8 @@ its output channels during training (:mod:`prunable_nn.taylor`), and removes cha
 physically: ``drop_output(indices)`` removes output channels, ``drop_input(indices)`` input
 channels. Weights, bias, ``.grad``, running statistics, accumulated estimates, the size
 attributes and (when given) the optimizer's state all follow, and every ``nn.Parameter``
-stays the same object.
+stays the same object. A grouped convolution keeps its groups alike: every group keeps
+the same number of outputs and the same positions among its inputs.
 
 Every drop validates first and changes nothing when the indices are bad. The two halves are
 also available separately (``_output_keep`` validates and returns the channels to keep,
@@ -26,6 +27,23 @@ from .taylor import TaylorEstimates
 
 Indices = Iterable[int] | torch.Tensor
 Layer = TypeVar("Layer", bound="PrunableLayer")
+
+
+def kept_per_group(keep: torch.Tensor, group_size: int, groups: int) -> list[int]:
+    """How many channels of ``keep`` each of ``groups`` groups holds, channel ``c`` being in
+    group ``c // group_size``."""
+    return torch.bincount(keep // group_size, minlength=groups).tolist()
+
+
+def shared_group_positions(keep: torch.Tensor, group_size: int, groups: int) -> torch.Tensor | None:
+    """The positions ``P`` with ``keep == {k * group_size + p : 0 <= k < groups, p in P}``
+    (every group keeps the same positions), or ``None`` when the groups differ.
+
+    ``keep`` is sorted ascending; so is ``P``, the channels of ``keep`` in group 0.
+    """
+    positions = keep[keep < group_size]
+    expected = (torch.arange(groups)[:, None] * group_size + positions).flatten()
+    return positions if torch.equal(expected, keep) else None
 
 
 class PrunableLayer(TaylorEstimates):
@@ -142,7 +160,19 @@ class PConv2d(PrunableLayer, nn.Conv2d):
     """``nn.Conv2d`` whose output and input channels can be removed.
 
     A depthwise convolution (``groups == in_channels == out_channels``) removes input and
-    output channels together. Other grouped convolutions cannot be pruned and say so.
+    output channels together.
+
+    A grouped convolution with ``groups = g``, ``in_channels = g * cin`` and
+    ``out_channels = g * cout`` (weight ``[g * cout, cin, kh, kw]``) computes output ``o``
+    from the inputs of its group ``o // cout`` only: ``y[o] = b[o] + sum_p w[o, p] * x[(o //
+    cout) * cin + p]``. Input ``i`` is position ``i % cin`` of group ``i // cin``. Since every
+    group has the same shape, a drop must keep it so: ``drop_output`` may remove any outputs
+    that leave every group the same number ``cout' >= 1`` (weight rows and bias follow,
+    ``out_channels = g * cout'``); ``drop_input`` must remove the same positions ``D`` from
+    every group (weight columns ``p`` not in ``D`` stay, ``in_channels = g * (cin - |D|)``).
+    ``groups`` stays ``g``. A depthwise convolution with a channel multiplier ``m``
+    (``groups == in_channels``, ``out_channels = m * in_channels``) is the case ``cin = 1``:
+    its outputs can be removed evenly per group, its inputs cannot (that would remove groups).
     """
 
     torch_class = nn.Conv2d
@@ -153,6 +183,11 @@ class PConv2d(PrunableLayer, nn.Conv2d):
         return self.groups > 1 and self.groups == self.in_channels == self.out_channels
 
     @property
+    def is_grouped(self) -> bool:
+        """``groups > 1`` and not depthwise: drops must treat every group alike."""
+        return self.groups > 1 and not self.is_depthwise
+
+    @property
     def num_output_channels(self) -> int:
         return self.out_channels
 
@@ -161,20 +196,56 @@ class PConv2d(PrunableLayer, nn.Conv2d):
         return self.in_channels
 
     def _output_keep(self, indices: Indices) -> torch.Tensor:
-        self._check_groups()
-        return super()._output_keep(indices)
+        keep = super()._output_keep(indices)
+        if self.is_grouped:
+            self._check_even_outputs(keep)
+        return keep
 
     def _input_keep(self, indices: Indices, features_per_channel: int = 1) -> torch.Tensor:
-        self._check_groups()
-        return super()._input_keep(indices, features_per_channel)
+        keep = super()._input_keep(indices, features_per_channel)
+        if self.is_grouped:
+            self._input_positions(keep)
+        return keep
 
-    def _check_groups(self) -> None:
-        if self.groups > 1 and not self.is_depthwise:
+    def _check_even_outputs(self, keep: torch.Tensor) -> None:
+        """Raise unless ``keep`` leaves every group the same number of outputs."""
+        per_group = self.out_channels // self.groups
+        counts = kept_per_group(keep, per_group, self.groups)
+        if len(set(counts)) > 1:
+            dropped = sorted(set(range(self.out_channels)) - set(keep.tolist()))
+            leaves = ", ".join(f"group {k} with {n}" for k, n in enumerate(counts))
             raise ValueError(
-                f"{self.describe()}: a grouped convolution with groups={self.groups}, "
-                f"{self.in_channels} inputs and {self.out_channels} outputs cannot be pruned "
-                "(only groups=1 and depthwise convolutions can)"
+                f"{self.describe()}: dropping output channels {dropped} would leave {leaves} "
+                f"outputs; a grouped convolution (groups={self.groups}, {per_group} outputs per "
+                "group) must keep the same number of outputs in every group"
             )
+
+    def _input_positions(self, keep: torch.Tensor) -> torch.Tensor:
+        """The positions within a group that the global inputs ``keep`` keep; raise unless
+        they are the same in every group."""
+        if not self.is_grouped:
+            return keep
+        per_group = self.in_channels // self.groups
+        positions = shared_group_positions(keep, per_group, self.groups)
+        if positions is None:
+            kept = set(keep.tolist())
+            dropped = sorted(set(range(self.in_channels)) - kept)
+            by_group = ", ".join(
+                f"{[p for p in range(per_group) if k * per_group + p not in kept]} in group {k}"
+                for k in range(self.groups)
+            )
+            if per_group == 1:
+                raise ValueError(
+                    f"{self.describe()}: cannot drop input channels {dropped}: a grouped "
+                    f"convolution with groups={self.groups} and one input per group (a channel "
+                    "multiplier) cannot lose inputs without losing whole groups"
+                )
+            raise ValueError(
+                f"{self.describe()}: cannot drop input channels {dropped}: a grouped convolution "
+                f"(groups={self.groups}, {per_group} inputs per group) must drop the same "
+                f"positions from every group, but these drop positions {by_group}"
+            )
+        return positions
 
     def _keep_outputs(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
         shrink_parameter(self.weight, 0, keep, optimizer)
@@ -188,11 +259,14 @@ class PConv2d(PrunableLayer, nn.Conv2d):
     def _keep_inputs(
         self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None, features_per_channel: int
     ) -> None:
+        """Keep the global input channels ``keep``; a grouped convolution keeps the weight
+        columns of their positions within a group (the same in every group)."""
         if self.is_depthwise:
             self._keep_outputs(keep, optimizer)
             return
-        shrink_parameter(self.weight, 1, keep, optimizer)
-        self.in_channels = len(keep)
+        positions = self._input_positions(keep.cpu())  # raises before any change
+        shrink_parameter(self.weight, 1, positions, optimizer)
+        self.in_channels = self.groups * len(positions)
 
     def _empty_torch_layer(self) -> nn.Conv2d:
         return nn.Conv2d(

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .flops import ExampleInputs
+from .layers import PrunableLayer
 from .pruner import Removal, TaylorPruner
 
 
@@ -16,6 +17,9 @@ class PrunableModule(nn.Module):
     ``example_inputs()``, which a subclass defines. Set ``pruner`` to one of your own to
     change its options (normalisation, FLOPs regularisation).
     """
+
+    #: TorchScript must not compile these (it reads every attribute of a module it scripts).
+    __jit_unused_properties__ = ["pruner", "num_prunables"]
 
     def example_inputs(self) -> ExampleInputs:
         """Inputs of one forward pass (batch of one), to trace shapes and count FLOPs."""
@@ -28,6 +32,12 @@ class PrunableModule(nn.Module):
     def pruner(self) -> TaylorPruner:
         pruner = self.__dict__.get("_pruner")
         if pruner is None:
+            if not any(isinstance(module, PrunableLayer) for module in self.modules()):
+                # an AttributeError, so that hasattr() and TorchScript see no pruner
+                raise AttributeError(
+                    f"{type(self).__name__} has no prunable layers (a copy made by to_torch?): "
+                    "it has no pruner"
+                )
             pruner = self.__dict__["_pruner"] = TaylorPruner(self)
         return pruner
 

@@ -114,9 +114,10 @@ class TaylorPruner:
             raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
         order = lowest_first(self._unit_scores(), self.map.prunable)
         units = torch.tensor(self.map.removable(order, limit=max_to_prune), dtype=torch.long)
-        self.map.plan(units)
-        removals = [self._removal(chain, units) for chain in self.chains if torch.isin(chain.units, units).any()]
-        self.map.remove(units, optimizer)
+        plan = self.map.plan(units)
+        touched = self.map.chain_of_unit[units].unique().tolist()
+        removals = [self._removal(self.chains[index], units) for index in touched]
+        self.map.apply(plan, units, optimizer)
         self.reset_estimates()
         return removals
 
@@ -160,14 +161,15 @@ class TaylorPruner:
     def _checked_estimates(self, member: Member) -> torch.Tensor:
         estimates = member.layer.taylor_estimates
         layer = member.layer.describe()
-        chain = self._chain_of(member)
         if estimates is None:
+            chain = self._chain_of(member)
             raise RuntimeError(
                 f"chain '{chain}' has no Taylor estimates yet ({layer} has seen no backward "
                 "pass in training mode since the last prune or reset): train before pruning"
             )
-        bad = (~torch.isfinite(estimates)).nonzero().flatten().tolist()
-        if bad:
+        if not bool(torch.isfinite(estimates).all()):
+            bad = (~torch.isfinite(estimates)).nonzero().flatten().tolist()
+            chain = self._chain_of(member)
             raise RuntimeError(
                 f"chain '{chain}': the Taylor estimates of {layer} are not finite for channels "
                 f"{bad} (values {estimates[bad].tolist()}); were the gradients NaN or infinite?"
@@ -175,7 +177,9 @@ class TaylorPruner:
         return estimates
 
     def _chain_of(self, member: Member) -> str:
-        return next((chain.name for chain in self.chains if torch.isin(member.units, chain.units).any()), "?")
+        """The name of the first chain with channels in ``member`` (for error messages)."""
+        indices = self.map.chain_of_unit[member.units]
+        return self.chains[int(indices[indices >= 0][0])].name
 
     def _unit_costs(self) -> torch.Tensor:
         """FLOPs of each unit: every member's FLOPs shared equally among its positions."""
@@ -192,8 +196,8 @@ class TaylorPruner:
         chain_units = chain.units[going]
         inputs = {
             member.layer.name_in_model: tuple(member.positions_of(chain_units).tolist())
-            for member in self.map.members
-            if member.role == INPUT and torch.isin(member.units, chain_units).any()
+            for member in chain.members
+            if member.role == INPUT
         }
         return Removal(
             chain=chain.name,

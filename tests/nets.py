@@ -232,3 +232,57 @@ def assert_shapes_follow_sizes(model: nn.Module) -> None:
             assert tuple(layer.weight.shape) == (layer.out_features, layer.in_features), name
             if layer.bias is not None:
                 assert tuple(layer.bias.shape) == (layer.out_features,), name
+
+
+# -- physics rule 1 from what prune() reports ---------------------------------------------------
+def zero_removed_inputs(reference: nn.Module, removals) -> list[torch.utils.hooks.RemovableHandle]:
+    """Forward pre-hooks on ``reference`` (a copy of the model just before ``prune()``) that
+    zero, at every reader's input, the channels (``PLinear``: features) that the removals
+    took from it: ``Removal.inputs`` numbers them as just before the call."""
+    handles = []
+    for removal in removals:
+        for name, positions in removal.inputs.items():
+            layer = reference.get_submodule(name)
+            dim = -1 if isinstance(layer, PLinear) else 1
+            index = torch.tensor(positions, dtype=torch.long)
+
+            def zero(module, args, index=index, dim=dim):
+                x = args[0].clone()
+                x.index_fill_(dim % x.dim(), index, 0.0)
+                return (x, *args[1:])
+
+            handles.append(layer.register_forward_pre_hook(zero))
+    return handles
+
+
+def logits(output) -> torch.Tensor:
+    """The main output of a classifier that may also return auxiliary ones (in training)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of every output the model gives in training (auxiliary classifiers too)."""
+    model.train()
+    outputs = model(inputs)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return sum(F.cross_entropy(output, labels) for output in outputs if output is not None)
+
+
+def prune_and_check_masking(model: nn.Module, pruner: TaylorPruner, inputs: torch.Tensor, max_to_prune: int):
+    """``pruner.prune(max_to_prune)`` after fresh estimates; assert that in eval mode the
+    pruned model computes what the model before computes with the removed channels zeroed
+    at its readers' inputs. Returns the removals."""
+    labels = torch.arange(len(inputs)) % 3
+    model.zero_grad(set_to_none=True)
+    training_loss(model, inputs, labels).backward()
+    reference = copy.deepcopy(model)
+    removals = pruner.prune(max_to_prune)
+    handles = zero_removed_inputs(reference, removals)
+    with torch.no_grad():
+        expected = logits(reference.eval()(inputs))
+        actual = logits(model.eval()(inputs))
+    for handle in handles:
+        handle.remove()
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-9 * scale)
+    return removals

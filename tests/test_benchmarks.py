@@ -22,3 +22,22 @@ def test_overhead_benchmark_quick_run_reports_both_ratios(tmp_path):
     for mode in ("train", "eval"):
         assert results[mode]["pairs"] == 4
         assert results[mode]["median_ratio"] > 0
+
+
+def test_convert_benchmark_quick_run_writes_table_rows(tmp_path):
+    out = tmp_path / "convert.md"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "convert.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "1 thread(s)" in run.stdout
+    # With Torch-Pruning its version is printed; without it, how to install it.
+    assert "Torch-Pruning 1." in run.stdout or "pip install --no-deps torch-pruning" in run.stdout
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")]
+    rows = {(cells[0].strip(), cells[1].strip()): [cell.strip() for cell in cells] for cells in rows}
+    for measure in ("convert", "prune8"):
+        cells = rows[(measure, "resnet18")]
+        assert cells[2] == "1x3x32x32"
+        assert cells[3] == "2"
+        assert float(cells[4]) > 0
