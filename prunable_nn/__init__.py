@@ -1,6 +1,7 @@
 """prunable_nn: drop-in prunable PyTorch layers pruned by first-order Taylor estimates."""
 
 from .chain import Chain, Consumer
+from .convert import convert
 from .data import digits, fashion_mnist, mnist, read_idx
 from .export import to_torch
 from .flops import count_flops, count_parameters
@@ -19,6 +20,7 @@ __all__ = [
     "PrunableModule",
     "Removal",
     "TaylorPruner",
+    "convert",
     "count_flops",
     "count_parameters",
     "digits",

@@ -30,8 +30,8 @@ def to_torch(model: nn.Module) -> nn.Module:
     * a :class:`TaylorPruner` found in a module's ``__dict__`` (``PrunableModule`` keeps its
       own there, as ``_pruner``) is not copied: the attribute is absent from the copy. The
       pruner belongs to the original model, whose layers it would go on pruning, and it
-      holds chains of prunable layers that the copy no longer has. A ``PrunableModule``
-      copy makes a new pruner on demand, which finds nothing to prune.
+      holds chains of prunable layers that the copy no longer has. Asking a
+      ``PrunableModule`` copy for its pruner raises ``AttributeError``.
 
     ``model`` is left exactly as it was: nothing is written to it, and it shares no tensor
     with the copy.

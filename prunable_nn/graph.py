@@ -21,7 +21,10 @@ from every layer that owns or reads them computes what the unpruned model comput
 those channels zeroed at the readers' inputs (DESIGN.md, rule 1).
 
 The estimators are the prunable layers whose outputs the readers see: walking back from each
-reader's input through the operations that carry labels, the first prunable layer met.
+reader's input through the operations that carry labels, the first prunable layer met. When
+the model adds into a layer's output in place (``out += identity`` in torchvision's ResNet),
+the estimate reads the sum, the residual stream that the readers see, since ``a`` is
+overwritten before its gradient arrives and ``dL/da`` is the same for both terms.
 
 In-place activation modules other than the clamps (ReLU, ReLU6, Hardtanh) are made out of
 place: an estimate reads its layer's output when its gradient arrives, and only a clamp leaves
@@ -121,15 +124,15 @@ class ChannelFlow:
         return self.spaces[-1].start + self.spaces[-1].size if self.spaces else 0
 
 
-def channel_flow(graph_module: fx.GraphModule) -> ChannelFlow:
-    """Walk ``graph_module`` (traced by :func:`prunable_nn.trace.trace`, shapes filled in)."""
-    return _Walk(graph_module).run()
+def channel_flow(model: nn.Module, graph: fx.Graph) -> ChannelFlow:
+    """Walk the ``graph`` of ``model`` (made by :func:`prunable_nn.trace.trace`, with shapes)."""
+    return _Walk(model, graph).run()
 
 
 class _Walk:
-    def __init__(self, graph_module: fx.GraphModule) -> None:
-        self.graph = graph_module.graph
-        self.modules = dict(graph_module.named_modules())
+    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+        self.graph = graph
+        self.modules = dict(model.named_modules())
         self.flow = ChannelFlow()
         self.values: dict[fx.Node, Any] = {}
         #: For the nodes that carry labels from their inputs, the input nodes they come from.
@@ -137,8 +140,10 @@ class _Walk:
         self.readers: list[fx.Node] = []
 
     def run(self) -> ChannelFlow:
+        live = _live_nodes(self.graph)
         for node in self.graph.nodes:
-            self.values[node] = self._visit(node)
+            if node in live:
+                self.values[node] = self._visit(node)
         self._find_estimators()
         return self.flow
 
@@ -158,20 +163,20 @@ class _Walk:
     def _fresh(self, node: fx.Node, reason: str) -> Any:
         """Frozen labels for every value with channels in ``node``'s output."""
 
-        def make(meta: Any) -> Any:
-            if hasattr(meta, "shape"):
-                if len(meta.shape) < 2:
+        def make(shape: Any) -> Any:
+            if isinstance(shape, torch.Size):
+                if len(shape) < 2:
                     return None
-                labels = self._new_space(node.name, meta.shape[1])
+                labels = self._new_space(node.name, shape[1])
                 self.flow.frozen.append((labels, reason))
-                return Channels(1, len(meta.shape), labels)
-            if isinstance(meta, (list, tuple)):
-                return tuple(make(item) for item in meta)
-            if isinstance(meta, dict):
-                return {key: make(item) for key, item in meta.items()}
+                return Channels(1, len(shape), labels)
+            if isinstance(shape, tuple):
+                return tuple(make(item) for item in shape)
+            if isinstance(shape, dict):
+                return {key: make(item) for key, item in shape.items()}
             return None
 
-        return make(node.meta.get("tensor_meta"))
+        return make(node.meta.get("shape"))
 
     def _channels(self, argument: Any) -> Channels | None:
         return self.values.get(argument) if isinstance(argument, fx.Node) else None
@@ -312,7 +317,7 @@ class _Walk:
         if key not in self.flow.members:
             self.flow.members[key] = self._new_space(node.target, layer.num_output_channels, layer)
             self._tie_groups(self.flow.members[key], groups)
-        shape = node.meta["tensor_meta"].shape
+        shape = node.meta["shape"]
         dim = len(shape) - 1 if isinstance(layer, PLinear) else len(shape) - 3
         return Channels(dim, len(shape), self.flow.members[key])
 
@@ -327,7 +332,7 @@ class _Walk:
     def _combine(self, node: fx.Node) -> Any:
         """Element-wise ops of several values tie the labels at each position of the channel
         dim; a fixed tensor that varies along it freezes them."""
-        shape = node.meta["tensor_meta"].shape
+        shape = node.meta["shape"]
         ndim = len(shape)
         operands = [argument for argument in (*node.args, *node.kwargs.values())]
         tracked: list[tuple[fx.Node, Channels]] = []
@@ -363,7 +368,7 @@ class _Walk:
     def _concatenate(self, node: fx.Node) -> Any:
         values = _argument(node, 0, "tensors", ())
         dim = _argument(node, 1, "dim", 0)
-        ndim = len(node.meta["tensor_meta"].shape)
+        ndim = len(node.meta["shape"])
         dim %= ndim
         parts = [self._channels(value) for value in values]
         if any(part is None or part.dim != dim or part.ndim != ndim for part in parts):
@@ -399,7 +404,7 @@ class _Walk:
         if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
             sizes = sizes[0]
         shape = _shape(source)
-        out_shape = node.meta["tensor_meta"].shape
+        out_shape = node.meta["shape"]
         keeps_leading = tuple(out_shape[: channels.dim]) == tuple(shape[: channels.dim])
         if keeps_leading and len(sizes) == channels.dim + 1 and sizes[-1] == -1:
             return self._flatten(node, source, channels, channels.dim, -1)
@@ -442,7 +447,7 @@ class _Walk:
         dim = _dim_after_indexing(value, index)
         if dim is None:
             return self._unknown(node, "indexing of the channels")
-        ndim = len(node.meta["tensor_meta"].shape)
+        ndim = len(node.meta["shape"])
         return self._carry(node, [container], Channels(dim, ndim, value.labels))
 
     # -- estimators ---------------------------------------------------------------------------
@@ -461,13 +466,33 @@ class _Walk:
                     found[module] = None
                 else:
                     pending += self.sources.get(node, [])
-        self.flow.estimators = sorted(found, key=self._first_call)
-
-    def _first_call(self, layer: PrunableLayer) -> int:
+        first_call: dict[nn.Module, int] = {}
         for position, node in enumerate(self.graph.nodes):
-            if node.op == "call_module" and self.modules[node.target] is layer:
-                return position
-        return -1
+            if node.op == "call_module":
+                first_call.setdefault(self.modules[node.target], position)
+        self.flow.estimators = sorted(found, key=first_call.__getitem__)
+
+
+def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """The nodes that the outputs depend on, or that change a value in place. The others get
+    no gradient (their layers would have no estimates) and are left alone."""
+    pending = [node for node in graph.nodes if node.op == "output" or _works_in_place(node)]
+    live: set[fx.Node] = set()
+    while pending:
+        node = pending.pop()
+        if node not in live:
+            live.add(node)
+            pending += node.all_input_nodes
+    return live
+
+
+def _works_in_place(node: fx.Node) -> bool:
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return (
+        (isinstance(name, str) and name.endswith("_") and not name.startswith("_"))
+        or node.kwargs.get("inplace", False) is True
+        or node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+    )
 
 
 def _flatten_values(value: Any) -> Iterator[Channels]:
@@ -490,8 +515,8 @@ def _argument(node: fx.Node, position: int, name: str, default: Any) -> Any:
 def _shape(argument: Any) -> torch.Size | None:
     if not isinstance(argument, fx.Node):
         return None
-    meta = argument.meta.get("tensor_meta")
-    return meta.shape if hasattr(meta, "shape") else None
+    shape = argument.meta.get("shape")
+    return shape if isinstance(shape, torch.Size) else None
 
 
 def _dim_after_indexing(channels: Channels, index: Any) -> int | None:

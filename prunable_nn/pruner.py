@@ -72,8 +72,8 @@ class TaylorPruner:
         layers = {module: name for name, module in model.named_modules() if isinstance(module, PrunableLayer)}
         for layer, name in layers.items():
             layer.name_in_model = name
-        graph_module, self.opaque = trace(model, example_inputs)
-        self.map = ChannelMap(channel_flow(graph_module))
+        graph, self.opaque = trace(model, example_inputs)
+        self.map = ChannelMap(channel_flow(model, graph))
         self._estimators = [member for member in self.map.estimators if self._has_prunable_units(member)]
         estimating = {member.layer for member in self._estimators}
         for layer in layers:
@@ -163,9 +163,15 @@ class TaylorPruner:
         layer = member.layer.describe()
         if estimates is None:
             chain = self._chain_of(member)
+            hint = "train before pruning"
+            if any(other.layer.taylor_estimates is not None for other in self._estimators):
+                hint = (
+                    "other layers have: does the loss depend on its output? (an auxiliary "
+                    "classifier left out of the loss, say)"
+                )
             raise RuntimeError(
                 f"chain '{chain}' has no Taylor estimates yet ({layer} has seen no backward "
-                "pass in training mode since the last prune or reset): train before pruning"
+                f"pass in training mode since the last prune or reset): {hint}"
             )
         if not bool(torch.isfinite(estimates).all()):
             bad = (~torch.isfinite(estimates)).nonzero().flatten().tolist()

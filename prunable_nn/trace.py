@@ -7,9 +7,12 @@ control flow, unsupported Python) becomes a leaf too: the trace is retried with 
 module that failed kept whole, and the reason is recorded. Only when the model's own
 ``forward`` cannot be traced does :func:`trace` give up.
 
-Shapes come from ``torch.fx``'s ``ShapeProp``: one forward pass of ``example_inputs`` in eval
-mode under ``torch.no_grad()`` (batch norm statistics and estimates are left alone), after
-which every module's training flag is restored.
+Shapes come from one pass of ``torch.fx``'s interpreter over the graph in eval mode under
+``torch.no_grad()`` (batch norm statistics and estimates are left alone; every module's
+training flag is restored). It runs on ``meta`` tensors, which have shapes but no data, so
+it costs no arithmetic; a module whose code needs data (a value in an ``if``) makes it run
+again on the real ``example_inputs``. Each node gets ``meta["shape"]``: a ``torch.Size``
+for a tensor, a tuple or dict of them for a container, ``None`` otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from .flops import ExampleInputs, as_tuple, evaluating
 from .layers import PrunableLayer
@@ -47,8 +49,8 @@ class PrunableTracer(fx.Tracer):
         )
 
 
-def trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[fx.GraphModule, list[OpaqueModule]]:
-    """The traced model, its nodes' ``meta["tensor_meta"]`` filled in, and the submodules
+def trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[fx.Graph, list[OpaqueModule]]:
+    """The graph of ``model``, its nodes' ``meta["shape"]`` filled in, and the submodules
     kept whole because they could not be traced."""
     opaque: list[OpaqueModule] = []
     modes = {module: module.training for module in model.modules()}
@@ -70,15 +72,65 @@ def trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[fx.GraphModu
     finally:
         for module, training in modes.items():
             module.training = training
-    graph_module = fx.GraphModule(model, graph)
-    try:
-        with evaluating(graph_module), torch.no_grad():
-            ShapeProp(graph_module).propagate(*as_tuple(example_inputs))
-    except Exception as error:
-        raise RuntimeError(
-            f"running {type(model).__name__} on example_inputs failed: {type(error).__name__}: {error}"
-        ) from error
-    return graph_module, opaque
+    inputs = as_tuple(example_inputs)
+    with evaluating(model), torch.no_grad():
+        try:
+            ShapeInterpreter(model, graph, on_meta=True).run(*inputs)
+        except Exception:  # code that needs data: run on the real inputs
+            try:
+                ShapeInterpreter(model, graph, on_meta=False).run(*inputs)
+            except Exception as error:
+                raise RuntimeError(
+                    f"running {type(model).__name__} on example_inputs failed: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+    return graph, opaque
+
+
+class ShapeInterpreter(fx.Interpreter):
+    """Runs the graph and records the shape of every value in ``node.meta["shape"]``; with
+    ``on_meta``, on ``meta`` tensors: inputs, parameters, buffers and attributes are replaced
+    by empty tensors of the same shapes on the meta device."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph, on_meta: bool) -> None:
+        super().__init__(model, graph=graph)
+        self.on_meta = on_meta
+
+    def run(self, *args: object) -> object:
+        return super().run(*(self._meta(arg) for arg in args))
+
+    def run_node(self, node: fx.Node) -> object:
+        result = super().run_node(node)
+        node.meta["shape"] = _shapes(result)
+        return result
+
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> object:
+        module = self.fetch_attr(target)
+        if not self.on_meta:
+            return module(*args, **kwargs)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return torch.empty_like(args[0])  # its shape; torch's meta batch norm is slow
+        tensors = {name: self._meta(tensor) for name, tensor in module.named_parameters()}
+        tensors.update({name: self._meta(tensor) for name, tensor in module.named_buffers()})
+        return torch.func.functional_call(module, tensors, args, kwargs)
+
+    def get_attr(self, target: str, args: tuple, kwargs: dict) -> object:
+        return self._meta(super().get_attr(target, args, kwargs))
+
+    def _meta(self, value: object) -> object:
+        if self.on_meta and isinstance(value, torch.Tensor):
+            return torch.empty_like(value, device="meta")
+        return value
+
+
+def _shapes(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    if isinstance(value, (list, tuple)):
+        return tuple(_shapes(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _shapes(item) for key, item in value.items()}
+    return None
 
 
 def _innermost_module(tracer: fx.Tracer) -> str:

@@ -1,0 +1,67 @@
+"""Conversion of plain torch layers to their prunable twins, in place."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunable_nn import PBatchNorm2d, PConv2d, PLinear, TaylorPruner, convert
+from nets import one_torch_thread  # noqa: F401 (autouse fixture)
+
+
+class Shared(nn.Module):
+    """A conv registered under two names, a batch norm, a Linear subclass and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.alias = self.conv
+        self.norm = nn.BatchNorm2d(4)
+        self.special = nn.modules.linear.NonDynamicallyQuantizableLinear(4, 4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+
+
+def test_convert_swaps_exact_torch_layers_in_place_sharing_their_tensors_and_hooks():
+    model = Shared()
+    conv_weight, linear_weight, running_mean = model.conv.weight, model.head[1].weight, model.norm.running_mean
+    calls = []
+    model.norm.register_forward_hook(lambda module, args, output: calls.append(module))
+    assert convert(model) is model
+
+    assert type(model.conv) is PConv2d and model.alias is model.conv
+    assert type(model.norm) is PBatchNorm2d and type(model.head[1]) is PLinear
+    assert type(model.special) is nn.modules.linear.NonDynamicallyQuantizableLinear  # subclasses stay
+    assert model.conv.weight is conv_weight and model.head[1].weight is linear_weight
+    assert model.norm.running_mean is running_mean
+    model.norm(torch.randn(2, 4, 5, 5))
+    assert calls == [model.norm]
+
+
+def test_converting_twice_changes_nothing_more():
+    model = convert(nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU()))
+    layer = model[0]
+    convert(model)
+    assert model[0] is layer
+
+
+def test_an_optimizer_made_before_the_pruner_keeps_training_after_a_prune():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+        nn.Conv2d(6, 5, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    inputs, labels = torch.randn(8, 2, 6, 6), torch.randint(0, 3, (8,))
+    pruner = TaylorPruner(model, inputs)
+    for _ in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    pruner.prune(3, optimizer=optimizer)
+    assert model[0].weight.shape[0] + model[3].weight.shape[0] == 11 - 3
+    for param in model.parameters():
+        assert optimizer.state[param]["momentum_buffer"].shape == param.shape
+    optimizer.zero_grad()
+    F.cross_entropy(model(inputs), labels).backward()
+    optimizer.step()
