@@ -48,16 +48,11 @@ class FrozenChain:
 
 @dataclass(eq=False)
 class Member:
-    """One side (``"output"`` or ``"input"``) of a layer: the unit of each of its positions,
-    and the number each position had when the map was made."""
+    """One side (``"output"`` or ``"input"``) of a layer and the unit of each of its positions."""
 
     layer: PrunableLayer
     role: str
     units: torch.Tensor
-    original: torch.Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.original = torch.arange(len(self.units))
 
     def positions_of(self, units: torch.Tensor) -> torch.Tensor:
         """This member's positions whose unit is in ``units``."""
@@ -75,7 +70,6 @@ class Member:
         else:
             self.layer._keep_inputs(keep, optimizer, 1)
         self.units = self.units[keep]
-        self.original = self.original[keep]
 
 
 @dataclass(eq=False)
@@ -98,11 +92,6 @@ class Chain:
     @property
     def num_channels(self) -> int:
         return len(self.units)
-
-    @property
-    def prunable(self) -> torch.Tensor:
-        """Whether each channel may be removed."""
-        return torch.tensor([unit not in self.frozen for unit in self.units.tolist()], dtype=torch.bool)
 
     @property
     def producers(self) -> tuple[PrunableLayer, ...]:
@@ -271,16 +260,14 @@ class ChannelMap:
             chosen.append(unit)
         return chosen
 
-    def plan(self, units: torch.Tensor) -> list[tuple[Member, torch.Tensor, torch.Tensor]]:
-        """Validate removing ``units`` from every member; return ``(member, dropped
-        positions, kept positions)`` for the members that change. Changes nothing."""
-        plan = []
+    def plan(self, units: torch.Tensor) -> list[tuple[Member, torch.Tensor]]:
+        """Validate removing ``units`` from every member; return each member that changes
+        with the positions it keeps. Changes nothing."""
         touched = sorted({index for unit in units.tolist() for index, _ in self._usage(unit)})
-        for index in touched:
-            member = self.members[index]
-            dropped = member.positions_of(units)
-            plan.append((member, dropped, member.validate_drop(dropped)))
-        return plan
+        return [
+            (self.members[index], self.members[index].validate_drop(self.members[index].positions_of(units)))
+            for index in touched
+        ]
 
     def remove(self, units: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Remove ``units`` from every member, all validated first."""
@@ -288,12 +275,12 @@ class ChannelMap:
 
     def apply(
         self,
-        plan: list[tuple[Member, torch.Tensor, torch.Tensor]],
+        plan: list[tuple[Member, torch.Tensor]],
         units: torch.Tensor,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         """Carry out ``plan``, made by :meth:`plan` for ``units``."""
-        for member, _, keep in plan:
+        for member, keep in plan:
             member.keep(keep, optimizer)
         self.alive[units] = False
         for chain in self.chains:

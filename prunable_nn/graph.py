@@ -35,7 +35,7 @@ before it is zero).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,10 +140,8 @@ class _Walk:
         self.readers: list[fx.Node] = []
 
     def run(self) -> ChannelFlow:
-        live = _live_nodes(self.graph)
         for node in self.graph.nodes:
-            if node in live:
-                self.values[node] = self._visit(node)
+            self.values[node] = self._visit(node)
         self._find_estimators()
         return self.flow
 
@@ -452,9 +450,14 @@ class _Walk:
 
     # -- estimators ---------------------------------------------------------------------------
     def _find_estimators(self) -> None:
-        """For every reader, the prunable layers met first walking back from its input."""
+        """For every reader that the outputs depend on, the prunable layers met first walking
+        back from its input. (A reader whose output is dead still runs and follows the
+        channels it reads, but it sends no gradient back.)"""
         found: dict[PrunableLayer, None] = {}
+        live = _live_nodes(self.graph)
         for reader in self.readers:
+            if reader not in live:
+                continue
             pending, seen = [reader.args[0]], set()
             while pending:
                 node = pending.pop()
@@ -463,7 +466,8 @@ class _Walk:
                 seen.add(node)
                 module = self.modules.get(node.target) if node.op == "call_module" else None
                 if isinstance(module, PrunableLayer):
-                    found[module] = None
+                    if (module, "output") in self.flow.members:
+                        found[module] = None
                 else:
                     pending += self.sources.get(node, [])
         first_call: dict[nn.Module, int] = {}
@@ -474,9 +478,8 @@ class _Walk:
 
 
 def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
-    """The nodes that the outputs depend on, or that change a value in place. The others get
-    no gradient (their layers would have no estimates) and are left alone."""
-    pending = [node for node in graph.nodes if node.op == "output" or _works_in_place(node)]
+    """The nodes that the outputs depend on: the others get no gradient."""
+    pending = [node for node in graph.nodes if node.op == "output"]
     live: set[fx.Node] = set()
     while pending:
         node = pending.pop()
@@ -484,15 +487,6 @@ def _live_nodes(graph: fx.Graph) -> set[fx.Node]:
             live.add(node)
             pending += node.all_input_nodes
     return live
-
-
-def _works_in_place(node: fx.Node) -> bool:
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    return (
-        (isinstance(name, str) and name.endswith("_") and not name.startswith("_"))
-        or node.kwargs.get("inplace", False) is True
-        or node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)
-    )
 
 
 def _flatten_values(value: Any) -> Iterator[Channels]:
