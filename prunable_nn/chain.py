@@ -183,11 +183,9 @@ class ChannelMap:
         self.chain_of_unit = torch.full((self.num_units,), -1, dtype=torch.long)
         for index, chain in enumerate(self.chains):
             self.chain_of_unit[chain.units] = index
-        for member in self.members:
-            for index in self.chain_of_unit[member.units].unique().tolist():
-                if index >= 0:
-                    self.chains[index].members.append(member)
         self._index_usage()
+        for member_index, chain_index in self._member_chains():
+            self.chains[chain_index].members.append(self.members[member_index])
 
     def _make_chains(self, flow: ChannelFlow, unit_of: torch.Tensor) -> tuple[list[Chain], list[FrozenChain]]:
         """One chain per set of units connected through the layers that make them."""
@@ -222,6 +220,14 @@ class ChannelMap:
         self._usage_members = (pairs % count).tolist()
         self._usage_counts = counts.tolist()
         self._usage_start = torch.searchsorted(pairs // count, torch.arange(self.num_units + 1)).tolist()
+
+    def _member_chains(self) -> list[tuple[int, int]]:
+        """``(member, chain)`` pairs, in member order, for every chain with units in a member."""
+        members = torch.tensor(self._usage_members, dtype=torch.long)
+        units = torch.repeat_interleave(torch.arange(self.num_units), torch.tensor(self._usage_start).diff())
+        chains = self.chain_of_unit[units]
+        keys = torch.unique(members[chains >= 0] * max(1, len(self.chains)) + chains[chains >= 0])
+        return list(zip((keys // max(1, len(self.chains))).tolist(), (keys % max(1, len(self.chains))).tolist()))
 
     def _usage(self, unit: int) -> zip:
         start, end = self._usage_start[unit], self._usage_start[unit + 1]
@@ -312,6 +318,8 @@ def _connected_components(num_nodes: int, first: torch.Tensor, second: torch.Ten
 def _in_order_of(units: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
     """The units of ``subset`` in the order they first appear in ``units``, then the rest
     (units that the first layer does not make, tied to it through others)."""
-    order = dict.fromkeys(units[torch.isin(units, subset)].tolist())
-    order.update(dict.fromkeys(subset.tolist()))
-    return torch.tensor(list(order), dtype=torch.long)
+    present = units[torch.isin(units, subset)]
+    values, inverse = torch.unique(present, return_inverse=True)
+    first = torch.full((len(values),), len(present)).scatter_reduce(0, inverse, torch.arange(len(present)), "amin")
+    ordered = values[torch.argsort(first)]
+    return torch.cat([ordered, subset[~torch.isin(subset, ordered)]])

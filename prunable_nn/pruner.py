@@ -74,7 +74,8 @@ class TaylorPruner:
             layer.name_in_model = name
         graph, self.opaque = trace(model, example_inputs)
         self.map = ChannelMap(channel_flow(model, graph))
-        self._estimators = [member for member in self.map.estimators if self._has_prunable_units(member)]
+        prunable = self.map.prunable
+        self._estimators = [member for member in self.map.estimators if prunable[member.units].any()]
         estimating = {member.layer for member in self._estimators}
         for layer in layers:
             layer.estimating = layer in estimating
@@ -144,9 +145,6 @@ class TaylorPruner:
     __repr__ = report
 
     # -- internals ------------------------------------------------------------------------------
-    def _has_prunable_units(self, member: Member) -> bool:
-        return any(unit not in self.map.frozen for unit in member.units.unique().tolist())
-
     def _unit_scores(self) -> torch.Tensor:
         scores = torch.zeros(self.map.num_units, dtype=torch.float64)
         for member in self._estimators:

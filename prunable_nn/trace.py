@@ -20,10 +20,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from .flops import ExampleInputs, as_tuple, evaluating
-from .layers import PrunableLayer
+from .graph import CONCATENATING_FUNCTIONS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES
+from .layers import PConv2d, PLinear, PrunableLayer
+
+#: Modules and methods whose output has their input's shape, dtype and device: on meta
+#: tensors, an empty tensor like the input stands for their output (torch's meta kernels for
+#: batch norm and element-wise ops run slow Python decompositions).
+SHAPE_KEEPING_MODULES = (*ELEMENTWISE_MODULES, nn.modules.batchnorm._BatchNorm)
+SHAPE_KEEPING_METHODS = ELEMENTWISE_METHODS - {"float", "double", "half", "to", "type_as"}
 
 
 @dataclass(frozen=True)
@@ -108,11 +116,30 @@ class ShapeInterpreter(fx.Interpreter):
         module = self.fetch_attr(target)
         if not self.on_meta:
             return module(*args, **kwargs)
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            return torch.empty_like(args[0])  # its shape; torch's meta batch norm is slow
+        if isinstance(module, SHAPE_KEEPING_MODULES):
+            return torch.empty_like(args[0])
+        if isinstance(module, PConv2d):  # the layers' own arithmetic, without swapping weights
+            return module._conv_forward(args[0], self._meta(module.weight), None)
+        if isinstance(module, PLinear):
+            return F.linear(args[0], self._meta(module.weight))
         tensors = {name: self._meta(tensor) for name, tensor in module.named_parameters()}
         tensors.update({name: self._meta(tensor) for name, tensor in module.named_buffers()})
         return torch.func.functional_call(module, tensors, args, kwargs)
+
+    def call_function(self, target: object, args: tuple, kwargs: dict) -> object:
+        if self.on_meta and target in ELEMENTWISE_FUNCTIONS:
+            return torch.empty_like(args[0])
+        if self.on_meta and target in CONCATENATING_FUNCTIONS:  # also slow on meta tensors
+            tensors, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
+            shape = list(tensors[0].shape)
+            shape[dim] = sum(tensor.shape[dim] for tensor in tensors)
+            return tensors[0].new_empty(shape)
+        return super().call_function(target, args, kwargs)
+
+    def call_method(self, target: str, args: tuple, kwargs: dict) -> object:
+        if self.on_meta and target in SHAPE_KEEPING_METHODS:
+            return torch.empty_like(args[0])
+        return super().call_method(target, args, kwargs)
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> object:
         return self._meta(super().get_attr(target, args, kwargs))
