@@ -74,10 +74,10 @@ class Member:
 
 @dataclass(eq=False)
 class Chain:
-    """Units made by the same layers, named after the first of them. Its channels are in the
-    order in which that layer makes them; ``original_channels[i]`` is the number, when the
-    chain was made, of its channel ``i`` now. ``frozen`` gives the units that must stay, and
-    why."""
+    """Units made by the same layers, named after the first of them. Its channels are its
+    units in order (the order in which that layer makes them); ``original_channels[i]`` is
+    the number, when the chain was made, of its channel ``i`` now. ``frozen`` gives the
+    units that must stay, and why."""
 
     name: str
     map: ChannelMap
@@ -183,8 +183,7 @@ class ChannelMap:
         self.chain_of_unit = torch.full((self.num_units,), -1, dtype=torch.long)
         for index, chain in enumerate(self.chains):
             self.chain_of_unit[chain.units] = index
-        self._index_usage()
-        for member_index, chain_index in self._member_chains():
+        for member_index, chain_index in self._member_chains(*self._index_usage()):
             self.chains[chain_index].members.append(self.members[member_index])
 
     def _make_chains(self, flow: ChannelFlow, unit_of: torch.Tensor) -> tuple[list[Chain], list[FrozenChain]]:
@@ -200,8 +199,7 @@ class ChannelMap:
             if space is None or int(component[space]) in seen:
                 continue
             seen.add(int(component[space]))
-            in_chain = (component[len(flow.spaces):] == component[space]).nonzero().flatten()
-            units = _in_order_of(member.units, in_chain)
+            units = (component[len(flow.spaces):] == component[space]).nonzero().flatten()
             chain_frozen = {unit: self.frozen[unit] for unit in units.tolist() if unit in self.frozen}
             name = flow.spaces[space].name
             if len(chain_frozen) == len(units):
@@ -210,24 +208,27 @@ class ChannelMap:
                 chains.append(Chain(name, self, units, chain_frozen))
         return chains, frozen_chains
 
-    def _index_usage(self) -> None:
+    def _index_usage(self) -> tuple[torch.Tensor, torch.Tensor]:
         """For each unit, the members it has positions in and how many: unit ``u`` has
         ``_usage_counts[i]`` positions in member ``_usage_members[i]`` for ``i`` from
-        ``_usage_start[u]`` to ``_usage_start[u + 1] - 1``."""
+        ``_usage_start[u]`` to ``_usage_start[u + 1] - 1``. Returns the unit and member of
+        every such pair."""
         count = max(1, len(self.members))
         keys = [member.units * count + index for index, member in enumerate(self.members)]
         pairs, counts = torch.unique(torch.cat(keys) if keys else torch.empty(0, dtype=torch.long), return_counts=True)
-        self._usage_members = (pairs % count).tolist()
+        units, members = pairs // count, pairs % count
+        self._usage_members = members.tolist()
         self._usage_counts = counts.tolist()
-        self._usage_start = torch.searchsorted(pairs // count, torch.arange(self.num_units + 1)).tolist()
+        self._usage_start = torch.searchsorted(units, torch.arange(self.num_units + 1)).tolist()
+        return units, members
 
-    def _member_chains(self) -> list[tuple[int, int]]:
-        """``(member, chain)`` pairs, in member order, for every chain with units in a member."""
-        members = torch.tensor(self._usage_members, dtype=torch.long)
-        units = torch.repeat_interleave(torch.arange(self.num_units), torch.tensor(self._usage_start).diff())
+    def _member_chains(self, units: torch.Tensor, members: torch.Tensor) -> list[tuple[int, int]]:
+        """``(member, chain)`` pairs, in member order, for every chain with units in a member,
+        from the ``(unit, member)`` pairs of :meth:`_index_usage`."""
         chains = self.chain_of_unit[units]
-        keys = torch.unique(members[chains >= 0] * max(1, len(self.chains)) + chains[chains >= 0])
-        return list(zip((keys // max(1, len(self.chains))).tolist(), (keys % max(1, len(self.chains))).tolist()))
+        count = max(1, len(self.chains))
+        keys = torch.unique(members[chains >= 0] * count + chains[chains >= 0])
+        return list(zip((keys // count).tolist(), (keys % count).tolist()))
 
     def _usage(self, unit: int) -> zip:
         start, end = self._usage_start[unit], self._usage_start[unit + 1]
@@ -313,13 +314,3 @@ def _connected_components(num_nodes: int, first: torch.Tensor, second: torch.Ten
             break
         component = updated
     return torch.unique(component, return_inverse=True)[1]
-
-
-def _in_order_of(units: torch.Tensor, subset: torch.Tensor) -> torch.Tensor:
-    """The units of ``subset`` in the order they first appear in ``units``, then the rest
-    (units that the first layer does not make, tied to it through others)."""
-    present = units[torch.isin(units, subset)]
-    values, inverse = torch.unique(present, return_inverse=True)
-    first = torch.full((len(values),), len(present)).scatter_reduce(0, inverse, torch.arange(len(present)), "amin")
-    ordered = values[torch.argsort(first)]
-    return torch.cat([ordered, subset[~torch.isin(subset, ordered)]])
