@@ -14,6 +14,9 @@ TWINS: dict[type[nn.Module], type[PrunableLayer]] = {
     nn.Linear: PLinear,
 }
 
+#: What :func:`swap_in_twins` replaced: ``(parent, name, layer)``.
+Swaps = list[tuple[nn.Module, str, nn.Module]]
+
 
 def convert(model: nn.Module) -> nn.Module:
     """Replace every ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.Linear`` inside ``model`` by its
@@ -23,7 +26,14 @@ def convert(model: nn.Module) -> nn.Module:
     working), and a layer registered under several names stays one layer. The root module
     itself cannot be replaced in place; convert it with ``PConv2d.from_module`` and friends.
     """
+    swap_in_twins(model)
+    return model
+
+
+def swap_in_twins(model: nn.Module) -> Swaps:
+    """:func:`convert`, returning what it replaced so that :func:`undo` can put it back."""
     twins: dict[nn.Module, PrunableLayer] = {}
+    swaps: Swaps = []
     for parent in list(model.modules()):
         for name, child in parent._modules.items():
             twin_class = TWINS.get(type(child))
@@ -32,4 +42,11 @@ def convert(model: nn.Module) -> nn.Module:
             if child not in twins:
                 twins[child] = twin_class.from_module(child)
             parent._modules[name] = twins[child]
-    return model
+            swaps.append((parent, name, child))
+    return swaps
+
+
+def undo(swaps: Swaps) -> None:
+    """Put back the layers that :func:`swap_in_twins` replaced."""
+    for parent, name, layer in swaps:
+        parent._modules[name] = layer

@@ -110,7 +110,8 @@ class ChannelFlow:
     ``members[(layer, "output")]`` are the labels of a layer's output channels (for per-channel
     layers, the channels they own); ``members[(layer, "input")]`` the labels of each input
     channel (input feature of a ``PLinear``). ``ties`` pairs label tensors whose labels are
-    tied position by position.
+    tied position by position. ``out_of_place`` lists the in-place activation modules to
+    make out of place (see the module docstring).
     """
 
     spaces: list[Space] = field(default_factory=list)
@@ -118,6 +119,7 @@ class ChannelFlow:
     ties: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     frozen: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     estimators: list[PrunableLayer] = field(default_factory=list)
+    out_of_place: list[nn.Module] = field(default_factory=list)
 
     @property
     def num_labels(self) -> int:
@@ -226,7 +228,7 @@ class _Walk:
             return self._unknown(node, what) if list(self._all_channels(node.args)) else self._fresh(node, what)
         if isinstance(module, ELEMENTWISE_MODULES):
             if getattr(module, "inplace", False) and not isinstance(module, INPLACE_SAFE_MODULES):
-                module.inplace = False
+                self.flow.out_of_place.append(module)
             return self._carry(node, [source], channels)
         if isinstance(module, SPATIAL_MODULES) and channels.dim == channels.ndim - 3:
             return self._carry(node, [source], channels)

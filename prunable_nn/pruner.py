@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .chain import INPUT, Chain, ChannelMap, FrozenChain, Member
-from .convert import convert
+from .convert import swap_in_twins, undo
 from .flops import ExampleInputs, flops_per_module
 from .graph import channel_flow
 from .layers import PrunableLayer
@@ -65,15 +65,23 @@ class TaylorPruner:
             raise ValueError(f"flops_regularization must be >= 0, got {flops_regularization}")
         if example_inputs is None:
             example_inputs = _own_example_inputs(model)
-        self.model = convert(model)
+        self.model = model
         self.example_inputs = example_inputs
         self.normalize = normalize
         self.flops_regularization = flops_regularization
+        swaps = swap_in_twins(model)
+        try:
+            graph, self.opaque = trace(model, example_inputs)
+            flow = channel_flow(model, graph)
+            self.map = ChannelMap(flow)
+        except Exception:
+            undo(swaps)  # leave the model as it was
+            raise
+        for module in flow.out_of_place:
+            module.inplace = False
         layers = {module: name for name, module in model.named_modules() if isinstance(module, PrunableLayer)}
         for layer, name in layers.items():
             layer.name_in_model = name
-        graph, self.opaque = trace(model, example_inputs)
-        self.map = ChannelMap(channel_flow(model, graph))
         prunable = self.map.prunable
         self._estimators = [member for member in self.map.estimators if prunable[member.units].any()]
         estimating = {member.layer for member in self._estimators}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,3 +66,16 @@ def test_an_optimizer_made_before_the_pruner_keeps_training_after_a_prune():
     optimizer.zero_grad()
     F.cross_entropy(model(inputs), labels).backward()
     optimizer.step()
+
+
+def test_a_pruner_that_cannot_run_the_model_leaves_it_as_it_was():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU(inplace=True), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 5, 5))
+    layers = list(model)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"running Sequential on example_inputs failed: .*channels"):
+        TaylorPruner(model, torch.randn(1, 2, 5, 5))  # 2 channels, the conv takes 3
+    assert list(model) == layers
+    assert [type(layer) for layer in model] == [nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.Flatten, nn.Linear]
+    assert model[2].inplace
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in state.items())

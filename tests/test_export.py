@@ -202,8 +202,7 @@ def test_torch_export_program_runs_without_prunable_nn(name, tmp_path):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
 @pytest.mark.parametrize("name", list(MODELS))
 def test_torchscript_runs_without_prunable_nn(name, tmp_path):
-    # traced: torch.jit.script would also compile PrunableModule's properties (pruner,
-    # num_prunables), which TorchScript cannot
+    # traced here; scripting is covered by test_scripted_sequential_runs_without_prunable_nn
     model, inputs = pruned_model(name)
     plain = to_torch(model).eval()
     with torch.no_grad():
