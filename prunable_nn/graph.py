@@ -225,7 +225,9 @@ class _Walk:
         source = node.args[0] if node.args else None
         channels = self._channels(source)
         if channels is None:
-            return self._unknown(node, what) if list(self._all_channels(node.args)) else self._fresh(node, what)
+            if list(self._all_channels(node.args)):
+                return self._unknown(node, what)
+            return self._fresh(node, f"'{node.name}' ({what}) reads no known channels")
         if isinstance(module, ELEMENTWISE_MODULES):
             if getattr(module, "inplace", False) and not isinstance(module, INPLACE_SAFE_MODULES):
                 self.flow.out_of_place.append(module)
