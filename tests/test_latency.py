@@ -1,0 +1,28 @@
+"""Measured latency: a sane number, modes restored, bad arguments refused. (Speed itself is
+compared in benchmarks/, never asserted here.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from prunable_nn.latency import measure_latency
+from nets import one_torch_thread  # noqa: F401 (autouse fixture)
+
+
+def test_latency_is_a_positive_time_and_modes_come_back():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+    model.train()
+    model[1].eval()
+    running_mean = model[1].running_mean.clone()
+    seconds = measure_latency(model, torch.randn(2, 1, 8, 8), min_run_time=0.05, threads=1)
+    assert 0 < seconds < 1
+    assert [module.training for module in model.modules()] == [True, True, False, True]
+    assert torch.equal(model[1].running_mean, running_mean)
+
+
+@pytest.mark.parametrize("options, message", [({"min_run_time": 0}, "min_run_time"), ({"threads": 0}, "threads")])
+def test_bad_arguments_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        measure_latency(nn.Linear(2, 2), torch.randn(1, 2), **options)
