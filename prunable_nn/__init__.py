@@ -1,24 +1,42 @@
 """prunable_nn: drop-in prunable PyTorch layers pruned by first-order Taylor estimates."""
 
 from .chain import Chain, Consumer
+from .checkpoint import load_pruned, save_pruned
 from .convert import convert
 from .data import digits, fashion_mnist, mnist, read_idx
 from .export import to_torch
 from .flops import count_flops, count_parameters
 from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
+from .loop import (
+    AccuracyDrop,
+    ChannelsTarget,
+    FlopsTarget,
+    History,
+    ParamsTarget,
+    Round,
+    Target,
+    prune_loop,
+)
 from .module import PrunableModule
 from .pruner import Removal, TaylorPruner
 from .training import evaluate, train_epoch, train_steps
 
 __all__ = [
+    "AccuracyDrop",
     "Chain",
+    "ChannelsTarget",
     "Consumer",
+    "FlopsTarget",
+    "History",
     "PBatchNorm2d",
     "PConv2d",
     "PLinear",
+    "ParamsTarget",
     "PrunableLayer",
     "PrunableModule",
     "Removal",
+    "Round",
+    "Target",
     "TaylorPruner",
     "convert",
     "count_flops",
@@ -26,8 +44,11 @@ __all__ = [
     "digits",
     "evaluate",
     "fashion_mnist",
+    "load_pruned",
     "mnist",
+    "prune_loop",
     "read_idx",
+    "save_pruned",
     "to_torch",
     "train_epoch",
     "train_steps",

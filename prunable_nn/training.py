@@ -8,7 +8,7 @@ off when stderr is not a terminal, unless ``progress`` says otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: ``loss_fn(outputs, labels)``, a scalar tensor (default: cross-entropy).
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def subset(dataset: Dataset, size: int | None, seed: int = 0) -> Dataset:
@@ -49,10 +51,16 @@ def endless(loader: DataLoader) -> Iterator[Batch]:
             raise ValueError("the data loader yields no batches")
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """One cross-entropy step in training mode; returns the loss."""
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: LossFunction = nn.functional.cross_entropy,
+) -> float:
+    """One step of ``loss_fn(model(images), labels)`` in training mode; returns the loss."""
     model.train()
-    loss = nn.functional.cross_entropy(model(images), labels)
+    loss = loss_fn(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -67,15 +75,16 @@ def train_steps(
     *,
     desc: str = "train",
     progress: bool | None = None,
+    loss_fn: LossFunction = nn.functional.cross_entropy,
 ) -> float:
     """Run ``steps`` training steps on batches taken from ``batches``; return the mean loss."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     total = 0.0
-    with tqdm(total=steps, desc=desc, unit="step", leave=False, disable=_disabled(progress)) as bar:
+    with tqdm(total=steps, desc=desc, unit="step", leave=False, disable=progress_disabled(progress)) as bar:
         for _ in range(steps):
             images, labels = next(batches)
-            loss = train_step(model, optimizer, images, labels)
+            loss = train_step(model, optimizer, images, labels, loss_fn)
             total += loss
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             bar.update()
@@ -89,9 +98,10 @@ def train_epoch(
     *,
     desc: str = "epoch",
     progress: bool | None = None,
+    loss_fn: LossFunction = nn.functional.cross_entropy,
 ) -> float:
     """One pass over ``loader``; returns the mean loss."""
-    return train_steps(model, optimizer, iter(loader), len(loader), desc=desc, progress=progress)
+    return train_steps(model, optimizer, iter(loader), len(loader), desc=desc, progress=progress, loss_fn=loss_fn)
 
 
 def evaluate(model: nn.Module, loader: DataLoader, *, desc: str = "test", progress: bool | None = None) -> float:
@@ -101,7 +111,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, desc: str = "test", progre
     model.eval()
     try:
         with torch.no_grad():
-            for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=_disabled(progress)):
+            for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=progress_disabled(progress)):
                 correct += (model(images).argmax(dim=1) == labels).sum().item()
                 seen += len(labels)
     finally:
@@ -112,6 +122,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, desc: str = "test", progre
     return correct / seen
 
 
-def _disabled(progress: bool | None) -> bool | None:
-    # tqdm's disable=None means: off when the output is not a terminal.
+def progress_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for ``progress``: ``None`` (the default) shows a bar only when the
+    output is a terminal."""
     return None if progress is None else not progress

@@ -1,0 +1,274 @@
+"""The whole pruning job in one call: fine-tune, prune, measure, until a target is reached.
+
+Each round of :func:`prune_loop` runs ``steps_per_round`` training steps (which accumulate
+the Taylor estimates, :func:`prunable_nn.training.train_steps`), calls
+``pruner.prune(max_to_prune, optimizer)`` (which removes the lowest-ranked channel units and
+resets the estimates), then measures the model: prunable units left, parameters, FLOPs of
+the pruner's ``example_inputs``, validation accuracy. One :class:`Round` per measurement
+goes into the returned :class:`History` (row 0 is the model as it came in). The loop stops
+when its :class:`Target` is reached, when nothing is left to prune, or after ``max_rounds``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass, fields, replace
+from numbers import Integral, Real
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .flops import count_flops, count_parameters
+from .pruner import TaylorPruner
+from .training import LossFunction, endless, evaluate, progress_disabled, train_steps
+
+
+@dataclass(frozen=True)
+class Round:
+    """The model as measured after one round (round 0: before any pruning).
+
+    ``units_left``: channel units that can still be removed (``pruner.num_prunables``);
+    ``units_removed``: units removed by this round's ``prune()``; ``flops``: of one forward
+    pass of the pruner's ``example_inputs``; ``train_loss``: mean loss of the round's
+    fine-tuning steps (``None`` for round 0); ``accuracy``: top-1 on the validation loader
+    (0..1); ``seconds``: wall time since the loop started; ``reached``: the target's stopping
+    condition holds for this row (only ever the last row).
+    """
+
+    round: int
+    units_left: int
+    units_removed: int
+    parameters: int
+    flops: int
+    train_loss: float | None
+    accuracy: float
+    seconds: float
+    reached: bool = False
+
+
+class History(list[Round]):
+    """The rows of a :func:`prune_loop`, one per round, row 0 the starting model.
+
+    A plain list of :class:`Round` with ``stop_reason``, one line saying why the loop ended.
+    """
+
+    def __init__(self, rows: Iterable[Round] = (), stop_reason: str = "") -> None:
+        super().__init__(rows)
+        self.stop_reason = stop_reason
+
+    def to_csv(self, path: str | Path) -> None:
+        """Write a header (the :class:`Round` field names) and one line per row;
+        ``train_loss`` of row 0 is left empty."""
+        with open(path, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(field.name for field in fields(Round))
+            for row in self:
+                writer.writerow("" if value is None else value for value in astuple(row))
+
+
+# -- targets ------------------------------------------------------------------------------------
+class Target(ABC):
+    """When :func:`prune_loop` stops. ``reached`` is asked of the starting row and of the row
+    measured after every round; the first row for which it holds is the last one."""
+
+    @abstractmethod
+    def reached(self, start: Round, row: Round) -> bool:
+        """Whether the loop should stop at ``row`` (``start`` is row 0)."""
+
+
+@dataclass(frozen=True)
+class FlopsTarget(Target):
+    """Stop once the FLOPs are at most ``fraction`` (in (0, 1]) of the starting model's:
+    ``FlopsTarget(0.5)`` stops at the first round with FLOPs <= 50 % of the start."""
+
+    fraction: float
+
+    def __post_init__(self) -> None:
+        _check_fraction(self)
+
+    def reached(self, start: Round, row: Round) -> bool:
+        return row.flops <= self.fraction * start.flops
+
+
+@dataclass(frozen=True)
+class ParamsTarget(Target):
+    """Stop once the parameters are at most ``fraction`` (in (0, 1]) of the starting model's."""
+
+    fraction: float
+
+    def __post_init__(self) -> None:
+        _check_fraction(self)
+
+    def reached(self, start: Round, row: Round) -> bool:
+        return row.parameters <= self.fraction * start.parameters
+
+
+@dataclass(frozen=True)
+class ChannelsTarget(Target):
+    """Stop once at least ``removed`` (>= 1) channel units have been removed in all.
+
+    A unit is what ``pruner.num_prunables`` counts: one channel, or one position of every
+    group of a grouped convolution. Rounds remove up to ``max_to_prune`` each, so the last
+    round may overshoot.
+    """
+
+    removed: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.removed, bool) or not isinstance(self.removed, Integral) or self.removed < 1:
+            raise ValueError(f"ChannelsTarget: removed must be a positive integer, got {self.removed!r}")
+
+    def reached(self, start: Round, row: Round) -> bool:
+        return start.units_left - row.units_left >= self.removed
+
+
+@dataclass(frozen=True)
+class AccuracyDrop(Target):
+    """Stop before the validation accuracy drops by more than ``max_drop`` (0..1, accuracy
+    units: 0.05 is five points) below the starting model's.
+
+    The first round whose accuracy is below ``start.accuracy - max_drop`` is the last: its row
+    is flagged (``reached=True``) and the model holds that round's pruned network, already
+    past the budget (the history shows it). The row before it is the last within budget: to
+    get that model, save a copy after each round or run again with ``max_rounds`` one less.
+    """
+
+    max_drop: float
+
+    def __post_init__(self) -> None:
+        drop = self.max_drop
+        if isinstance(drop, bool) or not isinstance(drop, Real) or not 0 <= drop <= 1:
+            raise ValueError(f"AccuracyDrop: max_drop must be in [0, 1] (accuracy units), got {drop!r}")
+
+    def reached(self, start: Round, row: Round) -> bool:
+        return row.accuracy < start.accuracy - self.max_drop
+
+
+def _check_fraction(target: FlopsTarget | ParamsTarget) -> None:
+    fraction = target.fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
+        raise ValueError(f"{type(target).__name__}: fraction must be in (0, 1], got {fraction!r}")
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def prune_loop(
+    model: nn.Module,
+    pruner: TaylorPruner,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    target: Target | Sequence[Target],
+    steps_per_round: int,
+    max_to_prune: int = 8,
+    max_rounds: int | None = None,
+    loss_fn: LossFunction = F.cross_entropy,
+    progress: bool | None = None,
+    csv_path: str | Path | None = None,
+) -> History:
+    """Alternate fine-tuning and pruning of a trained ``model`` until ``target`` is reached.
+
+    Each round: ``steps_per_round`` training steps of ``loss_fn`` on batches of
+    ``train_loader`` (cycled endlessly), ``pruner.prune(max_to_prune, optimizer=optimizer)``,
+    then a measurement (see :class:`Round`). Estimates gathered before the call are
+    forgotten, so every round ranks channels by its own fine-tuning steps; when the loop
+    returns, the last prune has reset them.
+
+    Stops at the first row where ``target`` (or any of a sequence of targets) is reached (that
+    row has ``reached=True``; it may be row 0, e.g. ``FlopsTarget(1.0)``), when nothing is left
+    to prune (``pruner.num_prunables == 0``), or after ``max_rounds`` rounds. The model is
+    left as the last round made it.
+
+    ``progress``: a tqdm bar of rounds with FLOPs %, accuracy and units left (``None``: only
+    when stderr is a terminal). ``csv_path``: the history is written there (rewritten after
+    every round, so an interrupted run keeps its rows).
+
+    Bad arguments raise ``ValueError`` (``TypeError`` for a target of the wrong kind) naming
+    the value, before anything changes.
+    """
+    targets = _checked_targets(target)
+    _check_positive("steps_per_round", steps_per_round)
+    _check_positive("max_to_prune", max_to_prune)
+    if max_rounds is not None:
+        _check_positive("max_rounds", max_rounds)
+    if pruner.model is not model:
+        raise ValueError(f"the pruner belongs to another model ({type(pruner.model).__name__}), not this one")
+
+    started = time.perf_counter()
+    history = History()
+
+    def measure(round_: int, removed: int, loss: float | None) -> Round:
+        row = Round(
+            round=round_,
+            units_left=pruner.num_prunables,
+            units_removed=removed,
+            parameters=count_parameters(model),
+            flops=count_flops(model, pruner.example_inputs),
+            train_loss=loss,
+            accuracy=evaluate(model, val_loader, desc=f"round {round_} validate", progress=progress),
+            seconds=time.perf_counter() - started,
+        )
+        start = history[0] if history else row
+        reached = [t for t in targets if t.reached(start, row)]
+        if reached:
+            row = replace(row, reached=True)
+            history.stop_reason = f"{_names(reached)} reached in round {round_}"
+        history.append(row)
+        if csv_path is not None:
+            history.to_csv(csv_path)
+        return row
+
+    with tqdm(total=max_rounds, desc="pruning", unit="round", disable=progress_disabled(progress)) as bar:
+        row = measure(0, 0, None)
+        bar.set_postfix(_postfix(history[0], row), refresh=False)
+        batches = endless(train_loader)
+        while not row.reached:
+            if pruner.num_prunables == 0:
+                history.stop_reason = f"nothing left to prune after round {row.round}"
+                break
+            if max_rounds is not None and row.round >= max_rounds:
+                history.stop_reason = f"max_rounds={max_rounds} reached"
+                break
+            round_ = row.round + 1
+            if round_ == 1:
+                pruner.reset_estimates()  # rank by this round's steps, as every later round does
+            loss = train_steps(
+                model, optimizer, batches, steps_per_round, desc=f"round {round_}", progress=progress, loss_fn=loss_fn
+            )
+            removals = pruner.prune(max_to_prune, optimizer=optimizer)
+            row = measure(round_, sum(len(removal.indices) for removal in removals), loss)
+            bar.set_postfix(_postfix(history[0], row), refresh=False)
+            bar.update()
+    return history
+
+
+def _checked_targets(target: Target | Sequence[Target]) -> tuple[Target, ...]:
+    targets = (target,) if isinstance(target, Target) else tuple(target) if isinstance(target, Sequence) else ()
+    if not targets or not all(isinstance(t, Target) for t in targets):
+        raise TypeError(
+            f"target must be a Target (FlopsTarget, ParamsTarget, ChannelsTarget, AccuracyDrop) "
+            f"or a non-empty sequence of them, got {target!r}"
+        )
+    return targets
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _names(targets: list[Target]) -> str:
+    return " and ".join(repr(t) for t in targets)
+
+
+def _postfix(start: Round, row: Round) -> dict[str, str]:
+    flops = 100 * row.flops / start.flops if start.flops else math.nan
+    return {"FLOPs": f"{flops:.1f}%", "acc": f"{100 * row.accuracy:.2f}%", "left": str(row.units_left)}
