@@ -11,15 +11,17 @@ from prunable_nn.latency import measure_latency
 from nets import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
-def test_latency_is_a_positive_time_and_modes_come_back():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5))
+def test_latency_is_a_positive_time_measured_in_eval_mode_and_modes_come_back():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.BatchNorm2d(4))
     model.train()
     model[1].eval()
-    running_mean = model[1].running_mean.clone()
+    running_means = [model[1].running_mean.clone(), model[3].running_mean.clone()]
     seconds = measure_latency(model, torch.randn(2, 1, 8, 8), min_run_time=0.05, threads=1)
     assert 0 < seconds < 1
-    assert [module.training for module in model.modules()] == [True, True, False, True]
-    assert torch.equal(model[1].running_mean, running_mean)
+    assert [module.training for module in model.modules()] == [True, True, False, True, True]
+    # the batch norm left in training mode did not update its statistics: it ran in eval mode
+    assert torch.equal(model[1].running_mean, running_means[0])
+    assert torch.equal(model[3].running_mean, running_means[1])
 
 
 @pytest.mark.parametrize("options, message", [({"min_run_time": 0}, "min_run_time"), ({"threads": 0}, "threads")])

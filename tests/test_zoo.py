@@ -12,7 +12,8 @@ import pytest
 import torch
 import torchvision
 
-from prunable_nn import PrunableLayer, TaylorPruner, count_flops, to_torch
+from prunable_nn import PrunableLayer, TaylorPruner, convert, count_flops, to_torch
+from prunable_nn.trace import PrunableTracer, ShapeInterpreter
 from nets import (
     assert_shapes_follow_sizes,
     logits,
@@ -91,3 +92,18 @@ def test_a_pruned_converted_resnet_exports_to_plain_torch(tmp_path):
         torch.export.save(program, tmp_path / "resnet18.pt2")
         loaded = torch.export.load(tmp_path / "resnet18.pt2").module()
         torch.testing.assert_close(loaded(inputs), expected)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_b0", "inception_v3"])
+def test_shapes_on_meta_tensors_are_the_real_ones(name):
+    """The meta pass (with its shortcuts for batch norm, element-wise ops, concatenation and
+    the prunable layers) gives every node the shape a real forward pass gives it."""
+    model, inputs = build(name)
+    convert(model)
+    graph = PrunableTracer().trace(model.train())
+    with torch.no_grad():
+        model.eval()
+        ShapeInterpreter(model, graph, on_meta=True).run(inputs)
+        meta = {node: node.meta["shape"] for node in graph.nodes}
+        ShapeInterpreter(model, graph, on_meta=False).run(inputs)
+    assert meta == {node: node.meta["shape"] for node in graph.nodes}
