@@ -51,7 +51,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -65,6 +64,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prunable_nn import TaylorPruner  # noqa: E402
+from timing import time_once, time_pair  # noqa: E402 (benchmarks/, the script's own folder)
 
 CONVERT_TARGET = 1.0  # median time(ours) / time(Torch-Pruning)
 PRUNE_TARGETS_MS = {"resnet50": 50.0}  # median time of one prune(max_to_prune=8)
@@ -94,13 +94,12 @@ def fresh_model(name: str, seed: int) -> nn.Module:
     return getattr(torchvision.models, name)(weights=None)
 
 
-def time_once(step: Callable[[], object]) -> float:
+def time_collected(step: Callable[[], object]) -> float:
+    """:func:`timing.time_once` after a garbage collection, with the collector off."""
     gc.collect()
     gc.disable()
     try:
-        start = time.perf_counter()
-        step()
-        return time.perf_counter() - start
+        return time_once(step)
     finally:
         gc.enable()
 
@@ -131,13 +130,9 @@ def measure_convert(
         call_ours = ours()
         call_theirs = theirs() if tp is not None else None
         if call_theirs is None:
-            time_ours = time_once(call_ours)
-        elif index % 2 == 0:
-            time_ours = time_once(call_ours)
-            time_theirs = time_once(call_theirs)
+            time_ours = time_collected(call_ours)
         else:
-            time_theirs = time_once(call_theirs)
-            time_ours = time_once(call_ours)
+            time_ours, time_theirs = time_pair(index, call_ours, call_theirs, time_collected)
         del call_ours, call_theirs
         if index < warmup:
             continue
@@ -176,7 +171,7 @@ def measure_prune(
             labels = torch.randint(0, logits.shape[1], (train_batch,), generator=generator)
         F.cross_entropy(logits, labels).backward()
         del logits
-        elapsed = time_once(lambda: pruner.prune(max_to_prune=MAX_TO_PRUNE))
+        elapsed = time_collected(lambda: pruner.prune(max_to_prune=MAX_TO_PRUNE))
         if index >= warmup:
             times.append(elapsed)
     removed = units_before - pruner.num_prunables

@@ -44,7 +44,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,6 +54,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import VGG  # noqa: E402
+from timing import time_pair  # noqa: E402 (benchmarks/, the script's own folder)
 from prunable_nn import PrunableLayer  # noqa: E402
 
 TARGETS = {"train": 1.02, "eval": 1.01}
@@ -107,12 +107,6 @@ def make_steps(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> 
     return {"train": train, "eval": evaluate}
 
 
-def time_once(step: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
 def median_interval(sorted_values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free confidence interval of the median from order statistics."""
     n = len(sorted_values)
@@ -144,12 +138,7 @@ def measure(
     gc.disable()
     try:
         for index in range(pairs):
-            if index % 2 == 0:
-                time_a = time_once(step_a)
-                time_b = time_once(step_b)
-            else:
-                time_b = time_once(step_b)
-                time_a = time_once(step_a)
+            time_a, time_b = time_pair(index, step_a, step_b)
             ratios.append(time_a / time_b)
             times_a.append(time_a)
             times_b.append(time_b)

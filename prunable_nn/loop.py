@@ -251,7 +251,12 @@ def prune_loop(
 
 
 def _checked_targets(target: Target | Sequence[Target]) -> tuple[Target, ...]:
-    targets = (target,) if isinstance(target, Target) else tuple(target) if isinstance(target, Sequence) else ()
+    if isinstance(target, Target):
+        targets: tuple = (target,)
+    elif isinstance(target, Sequence):
+        targets = tuple(target)
+    else:
+        targets = ()
     if not targets or not all(isinstance(t, Target) for t in targets):
         raise TypeError(
             f"target must be a Target (FlopsTarget, ParamsTarget, ChannelsTarget, AccuracyDrop) "

@@ -8,13 +8,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_overhead_benchmark_quick_run_reports_both_ratios(tmp_path):
-    out = tmp_path / "overhead.json"
+def run_quick(script: str, out: Path) -> subprocess.CompletedProcess:
+    """``benchmarks/<script> --quick --out <out>`` from the project's root; it must succeed."""
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr
+    return run
+
+
+def test_overhead_benchmark_quick_run_reports_both_ratios(tmp_path):
+    out = tmp_path / "overhead.json"
+    run = run_quick("overhead.py", out)
     lines = run.stdout.splitlines()
     assert any(line.startswith("train") for line in lines)
     assert any(line.startswith("eval") for line in lines)
@@ -26,11 +32,7 @@ def test_overhead_benchmark_quick_run_reports_both_ratios(tmp_path):
 
 def test_convert_benchmark_quick_run_writes_table_rows(tmp_path):
     out = tmp_path / "convert.md"
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "convert.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )
-    assert run.returncode == 0, run.stderr
+    run = run_quick("convert.py", out)
     assert "1 thread(s)" in run.stdout
     # With Torch-Pruning its version is printed; without it, how to install it.
     assert "Torch-Pruning 1." in run.stdout or "pip install --no-deps torch-pruning" in run.stdout
