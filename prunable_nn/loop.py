@@ -15,7 +15,7 @@ import csv
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import astuple, dataclass, fields, replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -173,6 +173,7 @@ def prune_loop(
     loss_fn: LossFunction = F.cross_entropy,
     progress: bool | None = None,
     csv_path: str | Path | None = None,
+    on_round: Callable[[Round], None] | None = None,
 ) -> History:
     """Alternate fine-tuning and pruning of a trained ``model`` until ``target`` is reached.
 
@@ -189,7 +190,8 @@ def prune_loop(
 
     ``progress``: a tqdm bar of rounds with FLOPs %, accuracy and units left (``None``: only
     when stderr is a terminal). ``csv_path``: the history is written there (rewritten after
-    every round, so an interrupted run keeps its rows).
+    every round, so an interrupted run keeps its rows). ``on_round``: called with every row
+    as soon as it is measured, row 0 included (to print a table, log, or save a copy).
 
     Bad arguments raise ``ValueError`` (``TypeError`` for a target of the wrong kind) naming
     the value, before anything changes.
@@ -224,6 +226,8 @@ def prune_loop(
         history.append(row)
         if csv_path is not None:
             history.to_csv(csv_path)
+        if on_round is not None:
+            on_round(row)
         return row
 
     with tqdm(total=max_rounds, desc="pruning", unit="round", disable=progress_disabled(progress)) as bar:

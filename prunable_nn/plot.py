@@ -8,34 +8,49 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
+from matplotlib.figure import Figure  # noqa: E402
 
 from .loop import History  # noqa: E402
 
 
-def plot_history(history: History, path: str | Path, title: str = "") -> Path:
-    """Write a PNG of ``history``: validation accuracy (left axis) and parameters (right
-    axis) against FLOPs, both in % of the first row, one point per round. Returns the path."""
+def history_figure(history: History, title: str = "", finetuned_accuracy: float | None = None) -> Figure:
+    """The figure of ``history``: validation accuracy (left axis) and parameters (right axis)
+    against FLOPs, all in % of the first row, one point per round, labelled with its number.
+    With ``finetuned_accuracy`` (0..1, on the same validation set), a star at the last round's
+    FLOPs shows the network after a final fine-tuning. Close it with ``plt.close(figure)``."""
     if not history:
         raise ValueError("cannot plot an empty history")
     start = history[0]
     flops = [100 * row.flops / start.flops for row in history]
+    accuracy = [100 * row.accuracy for row in history]
     figure, accuracy_axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    try:
-        accuracy_axis.plot(flops, [100 * row.accuracy for row in history], "o-", color="tab:blue")
-        accuracy_axis.set_xlabel("FLOPs (% of the unpruned network)")
-        accuracy_axis.set_ylabel("validation accuracy (%)", color="tab:blue")
-        accuracy_axis.invert_xaxis()  # pruning goes left to right
-        accuracy_axis.grid(alpha=0.3)
-        params_axis = accuracy_axis.twinx()
-        params_axis.plot(
-            flops, [100 * row.parameters / start.parameters for row in history], "s--", color="tab:orange"
+    accuracy_axis.plot(flops, accuracy, "o-", color="tab:blue", label="after each prune")
+    accuracy_axis.set_xlabel("FLOPs (% of the unpruned network)")
+    accuracy_axis.set_ylabel("validation accuracy (%)", color="tab:blue")
+    accuracy_axis.invert_xaxis()  # pruning goes left to right
+    accuracy_axis.grid(alpha=0.3)
+    for row, x, y in zip(history, flops, accuracy):
+        accuracy_axis.annotate(str(row.round), (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7)
+    if finetuned_accuracy is not None:
+        accuracy_axis.plot(
+            flops[-1], 100 * finetuned_accuracy, "*", color="tab:green", markersize=12, label="fine-tuned"
         )
-        params_axis.set_ylabel("parameters (% of the unpruned network)", color="tab:orange")
-        for row, x, y in zip(history, flops, (100 * row.accuracy for row in history)):
-            accuracy_axis.annotate(str(row.round), (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7)
-        if title:
-            accuracy_axis.set_title(title)
-        figure.tight_layout()
+        accuracy_axis.legend(loc="lower left")
+    params_axis = accuracy_axis.twinx()
+    params_axis.plot(flops, [100 * row.parameters / start.parameters for row in history], "s--", color="tab:orange")
+    params_axis.set_ylabel("parameters (% of the unpruned network)", color="tab:orange")
+    if title:
+        accuracy_axis.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_history(
+    history: History, path: str | Path, title: str = "", finetuned_accuracy: float | None = None
+) -> Path:
+    """Write :func:`history_figure` as a PNG at ``path``; returns the path."""
+    figure = history_figure(history, title, finetuned_accuracy)
+    try:
         path = Path(path)
         figure.savefig(path)
     finally:

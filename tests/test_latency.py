@@ -3,12 +3,14 @@ compared in benchmarks/, never asserted here.)"""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+from nets import one_torch_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
-from prunable_nn.latency import measure_latency
-from nets import one_torch_thread  # noqa: F401 (autouse fixture)
+from prunable_nn.latency import compare_latency, measure_latency
 
 
 def test_latency_is_a_positive_time_measured_in_eval_mode_and_modes_come_back():
@@ -28,3 +30,29 @@ def test_latency_is_a_positive_time_measured_in_eval_mode_and_modes_come_back():
 def test_bad_arguments_are_refused(options, message):
     with pytest.raises(ValueError, match=message):
         measure_latency(nn.Linear(2, 2), torch.randn(1, 2), **options)
+
+
+def test_compare_latency_times_both_models_alternately():
+    calls = []
+
+    class Recording(nn.Module):
+        def __init__(self, name: str, width: int) -> None:
+            super().__init__()
+            self.name, self.layer = name, nn.Linear(width, width)
+
+        def forward(self, x):
+            calls.append(self.name)
+            return self.layer(x.expand(-1, self.layer.in_features))
+
+    small, large = Recording("small", 4), Recording("large", 512)
+    inputs = torch.randn(64, 1)
+    small_seconds, large_seconds = compare_latency(small, large, inputs, repeats=3, min_run_time=0.05, threads=1)
+    assert 0 < small_seconds < 1 and 0 < large_seconds < 1
+    runs = [name for name, _ in itertools.groupby(calls)]
+    # small, large | large, small | small, large: each model twice in a row at the turns
+    assert runs == ["small", "large", "small", "large"]
+
+
+def test_compare_latency_refuses_no_repeats():
+    with pytest.raises(ValueError, match="repeats must be at least 1, got 0"):
+        compare_latency(nn.Linear(2, 2), nn.Linear(2, 2), torch.randn(1, 2), repeats=0)

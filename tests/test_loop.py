@@ -10,6 +10,13 @@ from dataclasses import dataclass, fields
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import (
+    accumulate_estimates,
+    assert_same_snapshot,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    snapshot,
+    train,
+)
 from torch import nn
 
 from prunable_nn import (
@@ -26,13 +33,6 @@ from prunable_nn import (
     prune_loop,
 )
 from prunable_nn.training import make_loader, train_epoch
-from nets import (
-    accumulate_estimates,
-    assert_same_snapshot,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
-    snapshot,
-    train,
-)
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)
 
@@ -198,6 +198,17 @@ def test_csv_has_a_header_and_one_line_per_row(setup, tmp_path):
         assert float(record["accuracy"]) == row.accuracy and float(record["seconds"]) == row.seconds
         assert (record["train_loss"] == "") if row.train_loss is None else float(record["train_loss"]) == row.train_loss
         assert record["reached"] == str(row.reached)
+
+
+def test_on_round_sees_every_row_as_it_is_measured(setup):
+    seen = []
+
+    def on_round(row):
+        seen.append((row, count_parameters(setup.model)))  # the model as the row measured it
+
+    history = setup.run(target=ChannelsTarget(5), on_round=on_round)
+    assert [row for row, _ in seen] == list(history) and len(seen) >= 3
+    assert all(row.parameters == parameters for row, parameters in seen)
 
 
 def test_estimates_are_reset_after_every_prune(setup):

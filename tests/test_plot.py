@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import pytest
 
 from prunable_nn.loop import History, Round
-from prunable_nn.plot import plot_history
+from prunable_nn.plot import history_figure, plot_history
 
 
 def history() -> History:
@@ -28,3 +29,28 @@ def test_an_empty_history_is_refused(tmp_path):
     with pytest.raises(ValueError, match="empty history"):
         plot_history(History(), tmp_path / "run.png")
     assert not (tmp_path / "run.png").exists()
+
+
+def test_the_figure_plots_accuracy_and_parameters_against_flops_in_percent():
+    figure = history_figure(history(), finetuned_accuracy=0.89)
+    try:
+        accuracy_axis, params_axis = figure.axes
+        accuracy_line, star = accuracy_axis.get_lines()
+        assert list(accuracy_line.get_xdata()) == [100, 60, 40]
+        assert list(accuracy_line.get_ydata()) == pytest.approx([90, 88, 85])
+        assert list(star.get_xdata()) == [40] and list(star.get_ydata()) == pytest.approx([89])
+        (params_line,) = params_axis.get_lines()
+        assert list(params_line.get_xdata()) == [100, 60, 40]
+        assert list(params_line.get_ydata()) == [100, 60, 40]
+        assert [text.get_text() for text in accuracy_axis.texts] == ["0", "1", "2"]
+        assert accuracy_axis.xaxis_inverted()
+    finally:
+        plt.close(figure)
+
+
+def test_without_a_finetuned_accuracy_there_is_no_star():
+    figure = history_figure(history())
+    try:
+        assert len(figure.axes[0].get_lines()) == 1 and figure.axes[0].get_legend() is None
+    finally:
+        plt.close(figure)

@@ -1,0 +1,223 @@
+"""The main job, end to end: a VGG trained on Fashion-MNIST, pruned to half its FLOPs, on disk.
+
+:func:`run_demo` does what a user of the package does with their own network:
+
+1. **data**: Fashion-MNIST's 60000 training images are split at random (by the seed) into a
+   validation set of ``val_size`` images, on which the pruning loop measures accuracy, and a
+   training set of the others (``train_size`` of them, when given). The 10000 test images
+   (``test_size`` of them, when given) judge the network before and after pruning, and take
+   no part in any decision.
+2. **train** ``models.VGG("vgg11", width=width)`` (1 input channel, 28x28) for ``epochs``
+   epochs with Adam.
+3. **prune** with :func:`prunable_nn.prune_loop` to ``FlopsTarget(target_flops)``: rounds of
+   ``steps_per_round`` fine-tuning steps (which accumulate the Taylor estimates), then
+   ``prune(max_to_prune)``; one table row per round.
+4. **fine-tune** the pruned network for ``finetune_steps`` more steps: the loop stops right
+   after its last prune, the network's worst moment.
+5. **measure** both networks: test accuracy, FLOPs, parameters, and the CPU latency of their
+   plain-torch copies (:func:`prunable_nn.to_torch`) for each batch size of
+   ``latency_batches``, timed side by side (:func:`prunable_nn.latency.compare_latency`).
+6. **write** into ``out_dir``: ``pruned.pt`` (:func:`prunable_nn.save_pruned`: data only,
+   loads with ``torch.load(weights_only=True)``), ``history.csv`` (one line per round) and
+   ``history.png`` (accuracy and parameters against FLOPs).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from . import data
+from .checkpoint import save_pruned
+from .export import to_torch
+from .flops import count_flops, count_parameters
+from .latency import compare_latency
+from .loop import FlopsTarget, History, Round, prune_loop
+from .plot import plot_history
+from .pruner import TaylorPruner
+from .training import endless, evaluate, make_loader, subset, train_epoch, train_steps
+
+IMAGE_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+PRUNED_FILE, CSV_FILE, PLOT_FILE = "pruned.pt", "history.csv", "history.png"
+#: Training, validation and test sets.
+Splits = tuple[Dataset, Dataset, Dataset]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Every setting of the demo; the command line's options have the same names and defaults."""
+
+    data: Path | None = None  #: folder of the Fashion-MNIST IDX files (default: Debian's)
+    out_dir: Path = Path("demo-output")
+    train_size: int = 0  #: training images (0: all that the validation set leaves)
+    val_size: int = 5000
+    test_size: int = 0  #: test images (0: all 10000)
+    width: float = 0.25  #: VGG-11 width multiplier (1.0: 64..512 channels)
+    hidden: int = 128  #: units of each of the classifier's two hidden layers
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    target_flops: float = 0.5
+    max_to_prune: int = 32
+    steps_per_round: int = 30
+    max_rounds: int | None = None
+    flops_regularization: float = 0.01
+    finetune_steps: int = 400
+    latency_batches: tuple[int, ...] = (1, 64)  #: images per timed forward pass, one column each
+    latency_time: float = 1.0  #: seconds of timing per measurement (3 per network and batch)
+    seed: int = 0
+    progress: bool | None = None  #: tqdm bars on stderr (None: when it is a terminal)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One network as the demo measures it."""
+
+    test_accuracy: float
+    flops: int
+    parameters: int
+    latency: dict[int, float]  #: seconds per forward pass of its plain-torch copy, by batch size
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    unpruned: Measurement
+    pruned: Measurement
+    history: History
+    finetuned_val_accuracy: float
+    files: tuple[Path, Path, Path]  #: pruned model, CSV history, PNG plot
+    seconds: float
+
+
+def run_demo(
+    config: DemoConfig, splits: Splits | None = None, say: Callable[[str], None] = print
+) -> DemoResult:
+    """Run the demo (see the module docstring) on ``splits`` (default:
+    :func:`load_splits`), reporting progress through ``say``, one line per call."""
+    from models import VGG  # models imports prunable_nn: import it late
+
+    started = time.perf_counter()
+    train_set, val_set, test_set = load_splits(config) if splits is None else splits
+    torch.manual_seed(config.seed)
+    model = VGG("vgg11", NUM_CLASSES, IMAGE_SHAPE[0], IMAGE_SHAPE[1], width=config.width, hidden=config.hidden)
+    model.pruner = TaylorPruner(model, model.example_inputs(), flops_regularization=config.flops_regularization)
+    say(
+        f"VGG-11 (width {config.width:g}) on Fashion-MNIST: {len(train_set)} training, {len(val_set)} "
+        f"validation and {len(test_set)} test images; target {config.target_flops:.0%} of the FLOPs"
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+    val_loader, test_loader = make_loader(val_set, 1000), make_loader(test_set, 1000)
+
+    for epoch in range(1, config.epochs + 1):
+        loss = train_epoch(model, optimizer, train_loader, desc=f"epoch {epoch}", progress=config.progress)
+        say(f"epoch {epoch}/{config.epochs}: mean training loss {loss:.4f}")
+    unpruned_test = evaluate(model, test_loader, progress=config.progress)
+    unpruned_copy = to_torch(model)
+
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say(HEADER)
+    shown: list[Round] = []
+
+    def print_row(row: Round) -> None:
+        shown.append(row)
+        say(format_row(row, shown[0]))
+
+    history = prune_loop(
+        model, model.pruner, train_loader, val_loader, optimizer,
+        target=FlopsTarget(config.target_flops), steps_per_round=config.steps_per_round,
+        max_to_prune=config.max_to_prune, max_rounds=config.max_rounds, progress=config.progress,
+        csv_path=out_dir / CSV_FILE, on_round=print_row,
+    )
+    say(history.stop_reason)
+
+    batches = endless(train_loader)
+    loss = train_steps(model, optimizer, batches, config.finetune_steps, desc="fine-tune", progress=config.progress)
+    finetuned_val = evaluate(model, val_loader, progress=config.progress)
+    say(f"fine-tuned for {config.finetune_steps} steps: mean loss {loss:.4f}, validation accuracy {finetuned_val:.2%}")
+
+    pruned_copy = to_torch(model)
+    before, after = {}, {}
+    for batch in config.latency_batches:
+        inputs = torch.zeros(batch, *IMAGE_SHAPE)
+        before[batch], after[batch] = compare_latency(
+            unpruned_copy, pruned_copy, inputs, min_run_time=config.latency_time
+        )
+    example = model.example_inputs()
+    start = history[0]
+    unpruned = Measurement(unpruned_test, start.flops, start.parameters, before)
+    pruned = Measurement(
+        evaluate(model, test_loader, progress=config.progress), count_flops(model, example),
+        count_parameters(model), after,
+    )
+    files = (out_dir / PRUNED_FILE, out_dir / CSV_FILE, out_dir / PLOT_FILE)
+    save_pruned(model, files[0])
+    title = f"VGG-11 (width {config.width:g}) on Fashion-MNIST"
+    plot_history(history, files[2], title=title, finetuned_accuracy=finetuned_val)
+    result = DemoResult(unpruned, pruned, history, finetuned_val, files, time.perf_counter() - started)
+    for line in summary(result, config):
+        say(line)
+    return result
+
+
+def load_splits(config: DemoConfig) -> Splits:
+    """Training, validation and test sets (see the module docstring); checks the image size."""
+    full_train = data.fashion_mnist(train=True, root=config.data)
+    test_set = data.fashion_mnist(train=False, root=config.data)
+    for name, dataset in (("training", full_train), ("test", test_set)):
+        shape = tuple(dataset.tensors[0].shape[1:])
+        if shape != IMAGE_SHAPE:
+            raise ValueError(f"the {name} images are {shape[1]}x{shape[2]}, the demo needs 28x28")
+    if config.val_size >= len(full_train):
+        raise ValueError(
+            f"val_size {config.val_size} leaves no training images (the training file has {len(full_train)})"
+        )
+    order = torch.randperm(len(full_train), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    val_set = Subset(full_train, order[: config.val_size])
+    train_set = subset(Subset(full_train, order[config.val_size :]), config.train_size or None, config.seed)
+    return train_set, val_set, subset(test_set, config.test_size or None, config.seed + 1)
+
+
+HEADER = f"{'round':>5}  {'units left':>10}  {'params':>9}  {'MFLOPs':>7}  {'FLOPs':>6}  {'val acc':>7}  {'loss':>6}  {'time':>6}"
+
+
+def format_row(row: Round, start: Round) -> str:
+    """One line of the table, FLOPs also in % of ``start`` (row 0)."""
+    loss = "-" if row.train_loss is None else f"{row.train_loss:.4f}"
+    return (
+        f"{row.round:>5}  {row.units_left:>10}  {row.parameters:>9,}  {row.flops / 1e6:>7.2f}  "
+        f"{row.flops / start.flops:>6.1%}  {row.accuracy:>7.2%}  {loss:>6}  {row.seconds:>5.0f}s"
+    )
+
+
+def summary(result: DemoResult, config: DemoConfig) -> list[str]:
+    """The closing lines: both networks side by side, the files, how to load the model."""
+    before, after = result.unpruned, result.pruned
+    batches = config.latency_batches
+    latency_titles = "".join(f"  {f'latency, {batch} image' + ('s' if batch > 1 else ''):>19}" for batch in batches)
+    lines = [
+        f"{'':<10}  {'test acc':>8}  {'MFLOPs':>7}  {'params':>9}{latency_titles}",
+        *(
+            f"{name:<10}  {m.test_accuracy:>8.2%}  {m.flops / 1e6:>7.2f}  {m.parameters:>9,}"
+            + "".join(f"  {1e3 * m.latency[batch]:>16.2f} ms" for batch in batches)
+            for name, m in (("unpruned", before), ("pruned", after))
+        ),
+        f"{'change':<10}  {100 * (after.test_accuracy - before.test_accuracy):>+5.2f} pt  "
+        f"{after.flops / before.flops:>7.1%}  {after.parameters / before.parameters:>9.1%}"
+        + "".join(f"  {before.latency[batch] / after.latency[batch]:>9.2f}x speed-up" for batch in batches),
+        f"wrote {', '.join(str(path) for path in result.files)} in {result.seconds:.0f} s",
+        f"load it with: load_pruned({vgg_call(config)}, {str(result.files[0])!r})",
+    ]
+    return lines
+
+
+def vgg_call(config: DemoConfig) -> str:
+    """The Python expression that builds the demo's unpruned network."""
+    return f"VGG('vgg11', {NUM_CLASSES}, {IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]}, width={config.width!r}, hidden={config.hidden})"
