@@ -115,8 +115,8 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
         metavar="N", help="images per forward pass when timing the CPU latency, one measurement "
         "per number (default: %(default)s)")
     add("--latency-time", type=_positive_float, default=DEFAULTS["latency_time"], metavar="SECONDS",
-        help="seconds of timing per measurement; each network is measured 3 times, "
-        "and batch size, alternately (default: %(default)s)")
+        help="seconds of timing per network and batch size, in 20 measurements that "
+        "alternate between the two networks (default: %(default)s)")
     add("--seed", type=int, default=DEFAULTS["seed"],
         help="seed of the weights, the data splits and the shuffling (default: %(default)s)")
     add("--threads", type=_positive_int, default=None, metavar="N",

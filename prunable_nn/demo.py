@@ -45,6 +45,8 @@ from .training import endless, evaluate, make_loader, subset, train_epoch, train
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
 PRUNED_FILE, CSV_FILE, PLOT_FILE = "pruned.pt", "history.csv", "history.png"
+#: Alternating measurements per network and batch size (see ``compare_latency``).
+LATENCY_REPEATS = 20
 #: Training, validation and test sets.
 Splits = tuple[Dataset, Dataset, Dataset]
 
@@ -70,7 +72,7 @@ class DemoConfig:
     flops_regularization: float = 0.01
     finetune_steps: int = 400
     latency_batches: tuple[int, ...] = (1, 64)  #: images per timed forward pass, one column each
-    latency_time: float = 1.0  #: seconds of timing per measurement (3 per network and batch)
+    latency_time: float = 2.0  #: seconds of timing per network and batch size
     seed: int = 0
     progress: bool | None = None  #: tqdm bars on stderr (None: when it is a terminal)
 
@@ -89,6 +91,7 @@ class Measurement:
 class DemoResult:
     unpruned: Measurement
     pruned: Measurement
+    speedups: dict[int, float]  #: by batch size: median ratio of the latencies, timed side by side
     history: History
     finetuned_val_accuracy: float
     files: tuple[Path, Path, Path]  #: pruned model, CSV history, PNG plot
@@ -144,12 +147,15 @@ def run_demo(
     say(f"fine-tuned for {config.finetune_steps} steps: mean loss {loss:.4f}, validation accuracy {finetuned_val:.2%}")
 
     pruned_copy = to_torch(model)
-    before, after = {}, {}
-    for batch in config.latency_batches:
-        inputs = torch.zeros(batch, *IMAGE_SHAPE)
-        before[batch], after[batch] = compare_latency(
-            unpruned_copy, pruned_copy, inputs, min_run_time=config.latency_time
+    latency = {
+        batch: compare_latency(
+            unpruned_copy, pruned_copy, torch.zeros(batch, *IMAGE_SHAPE),
+            repeats=LATENCY_REPEATS, min_run_time=config.latency_time / LATENCY_REPEATS,
         )
+        for batch in config.latency_batches
+    }
+    before = {batch: comparison.first for batch, comparison in latency.items()}
+    after = {batch: comparison.second for batch, comparison in latency.items()}
     example = model.example_inputs()
     start = history[0]
     unpruned = Measurement(unpruned_test, start.flops, start.parameters, before)
@@ -161,7 +167,8 @@ def run_demo(
     save_pruned(model, files[0])
     title = f"VGG-11 (width {config.width:g}) on Fashion-MNIST"
     plot_history(history, files[2], title=title, finetuned_accuracy=finetuned_val)
-    result = DemoResult(unpruned, pruned, history, finetuned_val, files, time.perf_counter() - started)
+    speedups = {batch: comparison.speedup for batch, comparison in latency.items()}
+    result = DemoResult(unpruned, pruned, speedups, history, finetuned_val, files, time.perf_counter() - started)
     for line in summary(result, config):
         say(line)
     return result
@@ -211,7 +218,7 @@ def summary(result: DemoResult, config: DemoConfig) -> list[str]:
         ),
         f"{'change':<10}  {100 * (after.test_accuracy - before.test_accuracy):>+5.2f} pt  "
         f"{after.flops / before.flops:>7.1%}  {after.parameters / before.parameters:>9.1%}"
-        + "".join(f"  {before.latency[batch] / after.latency[batch]:>9.2f}x speed-up" for batch in batches),
+        + "".join(f"  {result.speedups[batch]:>9.2f}x speed-up" for batch in batches),
         f"wrote {', '.join(str(path) for path in result.files)} in {result.seconds:.0f} s",
         f"load it with: load_pruned({vgg_call(config)}, {str(result.files[0])!r})",
     ]

@@ -8,6 +8,7 @@ per block and reports the median time of one call.
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,24 +39,36 @@ def measure_latency(
         return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Two models timed side by side: each one's median seconds per forward pass, and
+    ``speedup``, the median over the alternating pairs of ``first / second`` (above 1: the
+    second is faster)."""
+
+    first: float
+    second: float
+    speedup: float
+
+
 def compare_latency(
     first: nn.Module,
     second: nn.Module,
     example_inputs: ExampleInputs,
     *,
-    repeats: int = 3,
-    min_run_time: float = 1.0,
+    repeats: int = 20,
+    min_run_time: float = 0.1,
     threads: int | None = None,
-) -> tuple[float, float]:
-    """Latencies of two models side by side: :func:`measure_latency` of each, ``repeats``
-    times in alternation (first, second, second, first, ...), so that a noisy machine's
-    drifts hit both; returns the median of each model's measurements."""
+) -> LatencyComparison:
+    """Latencies of two models side by side: :func:`measure_latency` of each for
+    ``min_run_time`` seconds, ``repeats`` times in alternation (first, second, then second,
+    first, ...). Each pair's ratio is taken between measurements seconds apart, so the slow
+    drifts of a noisy machine cancel out of ``speedup``, the median ratio."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    times: dict[int, list[float]] = {0: [], 1: []}
+    firsts, seconds = [], []
     for repeat in range(repeats):
-        order = (0, 1) if repeat % 2 == 0 else (1, 0)
-        for index in order:
-            model = (first, second)[index]
-            times[index].append(measure_latency(model, example_inputs, min_run_time=min_run_time, threads=threads))
-    return statistics.median(times[0]), statistics.median(times[1])
+        pair = (firsts, first), (seconds, second)
+        for times, model in pair if repeat % 2 == 0 else reversed(pair):
+            times.append(measure_latency(model, example_inputs, min_run_time=min_run_time, threads=threads))
+    ratios = [a / b for a, b in zip(firsts, seconds)]
+    return LatencyComparison(statistics.median(firsts), statistics.median(seconds), statistics.median(ratios))

@@ -46,8 +46,9 @@ def test_compare_latency_times_both_models_alternately():
 
     small, large = Recording("small", 4), Recording("large", 512)
     inputs = torch.randn(64, 1)
-    small_seconds, large_seconds = compare_latency(small, large, inputs, repeats=3, min_run_time=0.05, threads=1)
-    assert 0 < small_seconds < 1 and 0 < large_seconds < 1
+    result = compare_latency(small, large, inputs, repeats=3, min_run_time=0.05, threads=1)
+    assert 0 < result.first < result.second < 1  # a 512x512 layer takes longer than a 4x4 one
+    assert result.speedup < 1 and result.speedup == pytest.approx(result.first / result.second, rel=0.5)
     runs = [name for name, _ in itertools.groupby(calls)]
     # small, large | large, small | small, large: each model twice in a row at the turns
     assert runs == ["small", "large", "small", "large"]
