@@ -24,7 +24,7 @@ def history_figure(history: History, title: str = "", finetuned_accuracy: float 
     flops = [100 * row.flops / start.flops for row in history]
     accuracy = [100 * row.accuracy for row in history]
     figure, accuracy_axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    accuracy_axis.plot(flops, accuracy, "o-", color="tab:blue", label="after each prune")
+    accuracy_axis.plot(flops, accuracy, "o-", color="tab:blue", label="accuracy after each prune")
     accuracy_axis.set_xlabel("FLOPs (% of the unpruned network)")
     accuracy_axis.set_ylabel("validation accuracy (%)", color="tab:blue")
     accuracy_axis.invert_xaxis()  # pruning goes left to right
@@ -33,15 +33,19 @@ def history_figure(history: History, title: str = "", finetuned_accuracy: float 
         accuracy_axis.annotate(str(row.round), (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7)
     if finetuned_accuracy is not None:
         accuracy_axis.plot(
-            flops[-1], 100 * finetuned_accuracy, "*", color="tab:green", markersize=12, label="fine-tuned"
+            flops[-1], 100 * finetuned_accuracy, "*", color="tab:green", markersize=12, label="accuracy fine-tuned"
         )
-        accuracy_axis.legend(loc="lower left")
     params_axis = accuracy_axis.twinx()
-    params_axis.plot(flops, [100 * row.parameters / start.parameters for row in history], "s--", color="tab:orange")
+    params_axis.plot(
+        flops, [100 * row.parameters / start.parameters for row in history], "s--", color="tab:orange",
+        label="parameters",
+    )
     params_axis.set_ylabel("parameters (% of the unpruned network)", color="tab:orange")
     if title:
         accuracy_axis.set_title(title)
-    figure.tight_layout()
+    lines = accuracy_axis.get_lines() + params_axis.get_lines()
+    figure.legend(lines, [line.get_label() for line in lines], loc="lower center", ncol=len(lines), frameon=False)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))  # room for the legend below the axes
     return figure
 
 

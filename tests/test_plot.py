@@ -44,6 +44,7 @@ def test_the_figure_plots_accuracy_and_parameters_against_flops_in_percent():
         assert list(params_line.get_ydata()) == [100, 60, 40]
         assert [text.get_text() for text in accuracy_axis.texts] == ["0", "1", "2"]
         assert accuracy_axis.xaxis_inverted()
+        assert len(figure.legends[0].get_texts()) == 3
     finally:
         plt.close(figure)
 
@@ -51,6 +52,7 @@ def test_the_figure_plots_accuracy_and_parameters_against_flops_in_percent():
 def test_without_a_finetuned_accuracy_there_is_no_star():
     figure = history_figure(history())
     try:
-        assert len(figure.axes[0].get_lines()) == 1 and figure.axes[0].get_legend() is None
+        assert len(figure.axes[0].get_lines()) == 1
+        assert [text.get_text() for text in figure.legends[0].get_texts()] == ["accuracy after each prune", "parameters"]
     finally:
         plt.close(figure)
