@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import data
 from .checkpoint import save_pruned
@@ -107,16 +108,19 @@ def run_demo(
 
     started = time.perf_counter()
     train_set, val_set, test_set = load_splits(config) if splits is None else splits
+    say(
+        f"{network_name(config)}: {len(train_set)} training, {len(val_set)} validation and "
+        f"{len(test_set)} test images; target {config.target_flops:.0%} of the FLOPs"
+    )
     torch.manual_seed(config.seed)
     model = VGG("vgg11", NUM_CLASSES, IMAGE_SHAPE[0], IMAGE_SHAPE[1], width=config.width, hidden=config.hidden)
     model.pruner = TaylorPruner(model, model.example_inputs(), flops_regularization=config.flops_regularization)
-    say(
-        f"VGG-11 (width {config.width:g}) on Fashion-MNIST: {len(train_set)} training, {len(val_set)} "
-        f"validation and {len(test_set)} test images; target {config.target_flops:.0%} of the FLOPs"
-    )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
     val_loader, test_loader = make_loader(val_set, 1000), make_loader(test_set, 1000)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = (out_dir / PRUNED_FILE, out_dir / CSV_FILE, out_dir / PLOT_FILE)
 
     for epoch in range(1, config.epochs + 1):
         loss = train_epoch(model, optimizer, train_loader, desc=f"epoch {epoch}", progress=config.progress)
@@ -124,12 +128,51 @@ def run_demo(
     unpruned_test = evaluate(model, test_loader, progress=config.progress)
     unpruned_copy = to_torch(model)
 
-    out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    history = prune_with_table(model, optimizer, train_loader, val_loader, config, files[1], say)
+    loss = train_steps(
+        model, optimizer, endless(train_loader), config.finetune_steps, desc="fine-tune", progress=config.progress
+    )
+    finetuned_val = evaluate(model, val_loader, progress=config.progress)
+    say(f"fine-tuned for {config.finetune_steps} steps: mean loss {loss:.4f}, validation accuracy {finetuned_val:.2%}")
+
+    latency = {
+        batch: compare_latency(
+            unpruned_copy, to_torch(model), torch.zeros(batch, *IMAGE_SHAPE),
+            repeats=LATENCY_REPEATS, min_run_time=config.latency_time / LATENCY_REPEATS,
+        )
+        for batch in config.latency_batches
+    }
+    start = history[0]
+    unpruned = Measurement(
+        unpruned_test, start.flops, start.parameters, {batch: timing.first for batch, timing in latency.items()}
+    )
+    pruned = Measurement(
+        evaluate(model, test_loader, progress=config.progress), count_flops(model, model.example_inputs()),
+        count_parameters(model), {batch: timing.second for batch, timing in latency.items()},
+    )
+    save_pruned(model, files[0])
+    plot_history(history, files[2], title=network_name(config), finetuned_accuracy=finetuned_val)
+    speedups = {batch: timing.speedup for batch, timing in latency.items()}
+    result = DemoResult(unpruned, pruned, speedups, history, finetuned_val, files, time.perf_counter() - started)
+    for line in summary(result, config):
+        say(line)
+    return result
+
+
+def prune_with_table(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    config: DemoConfig,
+    csv_path: Path,
+    say: Callable[[str], None],
+) -> History:
+    """:func:`prune_loop` to ``FlopsTarget(config.target_flops)``, one table row per round."""
     say(HEADER)
     shown: list[Round] = []
 
-    def print_row(row: Round) -> None:
+    def show(row: Round) -> None:
         shown.append(row)
         say(format_row(row, shown[0]))
 
@@ -137,41 +180,14 @@ def run_demo(
         model, model.pruner, train_loader, val_loader, optimizer,
         target=FlopsTarget(config.target_flops), steps_per_round=config.steps_per_round,
         max_to_prune=config.max_to_prune, max_rounds=config.max_rounds, progress=config.progress,
-        csv_path=out_dir / CSV_FILE, on_round=print_row,
+        csv_path=csv_path, on_round=show,
     )
     say(history.stop_reason)
+    return history
 
-    batches = endless(train_loader)
-    loss = train_steps(model, optimizer, batches, config.finetune_steps, desc="fine-tune", progress=config.progress)
-    finetuned_val = evaluate(model, val_loader, progress=config.progress)
-    say(f"fine-tuned for {config.finetune_steps} steps: mean loss {loss:.4f}, validation accuracy {finetuned_val:.2%}")
 
-    pruned_copy = to_torch(model)
-    latency = {
-        batch: compare_latency(
-            unpruned_copy, pruned_copy, torch.zeros(batch, *IMAGE_SHAPE),
-            repeats=LATENCY_REPEATS, min_run_time=config.latency_time / LATENCY_REPEATS,
-        )
-        for batch in config.latency_batches
-    }
-    before = {batch: comparison.first for batch, comparison in latency.items()}
-    after = {batch: comparison.second for batch, comparison in latency.items()}
-    example = model.example_inputs()
-    start = history[0]
-    unpruned = Measurement(unpruned_test, start.flops, start.parameters, before)
-    pruned = Measurement(
-        evaluate(model, test_loader, progress=config.progress), count_flops(model, example),
-        count_parameters(model), after,
-    )
-    files = (out_dir / PRUNED_FILE, out_dir / CSV_FILE, out_dir / PLOT_FILE)
-    save_pruned(model, files[0])
-    title = f"VGG-11 (width {config.width:g}) on Fashion-MNIST"
-    plot_history(history, files[2], title=title, finetuned_accuracy=finetuned_val)
-    speedups = {batch: comparison.speedup for batch, comparison in latency.items()}
-    result = DemoResult(unpruned, pruned, speedups, history, finetuned_val, files, time.perf_counter() - started)
-    for line in summary(result, config):
-        say(line)
-    return result
+def network_name(config: DemoConfig) -> str:
+    return f"VGG-11 (width {config.width:g}) on Fashion-MNIST"
 
 
 def load_splits(config: DemoConfig) -> Splits:
