@@ -39,6 +39,7 @@ from .export import to_torch
 from .flops import count_flops, count_parameters
 from .latency import compare_latency
 from .loop import FlopsTarget, History, Round, prune_loop
+from .module import PrunableModule
 from .plot import plot_history
 from .pruner import TaylorPruner
 from .training import endless, evaluate, make_loader, subset, train_epoch, train_steps
@@ -104,8 +105,6 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo (see the module docstring) on ``splits`` (default:
     :func:`load_splits`), reporting progress through ``say``, one line per call."""
-    from models import VGG  # models imports prunable_nn: import it late
-
     started = time.perf_counter()
     train_set, val_set, test_set = load_splits(config) if splits is None else splits
     say(
@@ -113,7 +112,7 @@ def run_demo(
         f"{len(test_set)} test images; target {config.target_flops:.0%} of the FLOPs"
     )
     torch.manual_seed(config.seed)
-    model = VGG("vgg11", NUM_CLASSES, IMAGE_SHAPE[0], IMAGE_SHAPE[1], width=config.width, hidden=config.hidden)
+    model = build_network(config)
     model.pruner = TaylorPruner(model, model.example_inputs(), flops_regularization=config.flops_regularization)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
@@ -184,6 +183,13 @@ def prune_with_table(
     )
     say(history.stop_reason)
     return history
+
+
+def build_network(config: DemoConfig) -> PrunableModule:
+    """The unpruned VGG-11 of ``config``, freshly initialised; :func:`vgg_call` writes it out."""
+    from models import VGG  # models imports prunable_nn: import it late
+
+    return VGG("vgg11", NUM_CLASSES, IMAGE_SHAPE[0], IMAGE_SHAPE[1], width=config.width, hidden=config.hidden)
 
 
 def network_name(config: DemoConfig) -> str:

@@ -1,0 +1,65 @@
+"""run_demo called directly: what it times, trains and returns (the CLI tests read its text)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from prunable_nn import count_flops, count_parameters, demo, load_pruned, training
+from prunable_nn.demo import DemoConfig, run_demo
+from prunable_nn.latency import compare_latency
+
+
+def band_images(count: int, seed: int) -> TensorDataset:
+    """28x28 images whose class k lights up the k-th band of rows."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (count,), generator=generator)
+    images = 0.2 * torch.randn(count, 1, 28, 28, generator=generator)
+    for index, label in enumerate(labels.tolist()):
+        images[index, 0, 2 * label : 2 * label + 2] += 2.0
+    return TensorDataset(images, labels)
+
+
+@pytest.fixture
+def spied_run(monkeypatch, tmp_path):
+    """A tiny run with spies on the latency comparisons and the final fine-tuning."""
+    timed, finetuned = [], []
+
+    def spy_compare(first, second, inputs, **options):
+        timed.append((count_parameters(first), count_parameters(second), tuple(inputs.shape)))
+        return compare_latency(first, second, inputs, **options)
+
+    def spy_train_steps(model, optimizer, batches, steps, **options):
+        finetuned.append(steps)
+        return training.train_steps(model, optimizer, batches, steps, **options)
+
+    monkeypatch.setattr(demo, "compare_latency", spy_compare)
+    monkeypatch.setattr(demo, "train_steps", spy_train_steps)
+    config = DemoConfig(
+        out_dir=tmp_path, width=0.125, hidden=16, batch_size=16, steps_per_round=2, max_to_prune=8,
+        target_flops=0.9, finetune_steps=7, latency_batches=(1, 3), latency_time=0.01, progress=False,
+    )
+    splits = band_images(96, 0), band_images(32, 1), band_images(32, 2)
+    result = run_demo(config, splits, say=lambda line: None)
+    return config, result, timed, finetuned
+
+
+def test_the_unpruned_and_the_pruned_copies_are_timed_for_each_batch_size(spied_run):
+    config, result, timed, _ = spied_run
+    history = result.history
+    assert timed == [(history[0].parameters, history[-1].parameters, (batch, 1, 28, 28)) for batch in (1, 3)]
+    assert set(result.speedups) == set(result.unpruned.latency) == set(result.pruned.latency) == {1, 3}
+
+
+def test_the_pruned_network_is_fine_tuned_measured_and_saved(spied_run):
+    config, result, _, finetuned = spied_run
+    assert finetuned == [7]
+    history = result.history
+    assert history[-1].reached and history[-1].flops <= 0.9 * history[0].flops
+    assert (result.unpruned.flops, result.unpruned.parameters) == (history[0].flops, history[0].parameters)
+    model = load_pruned(demo.build_network(config), result.files[0])
+    assert count_parameters(model) == result.pruned.parameters == history[-1].parameters
+    assert count_flops(model, model.example_inputs()) == result.pruned.flops
+    assert 0 <= result.finetuned_val_accuracy <= 1 and 0 <= result.pruned.test_accuracy <= 1
+    assert all(path.is_file() for path in result.files)
