@@ -43,8 +43,16 @@ def count_parameters(model: nn.Module) -> int:
 
 @contextmanager
 def evaluating(model: nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode; every module's training flag comes back.
+
+    The module of a ``torch.export`` program refuses ``eval()``: its mode was fixed when it
+    was exported, so it runs as it is.
+    """
     modes = {module: module.training for module in model.modules()}
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # an exported program's module
+        pass
     try:
         yield
     finally:
