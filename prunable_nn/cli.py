@@ -113,7 +113,7 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
         help="training steps after the last prune (default: %(default)s)")
     add("--latency-batches", type=_positive_int, nargs="+", default=list(DEFAULTS["latency_batches"]),
         metavar="N", help="images per forward pass when timing the CPU latency, one measurement "
-        "per number (default: %(default)s)")
+        f"per number (default: {' '.join(map(str, DEFAULTS['latency_batches']))})")
     add("--latency-time", type=_positive_float, default=DEFAULTS["latency_time"], metavar="SECONDS",
         help="seconds of timing per network and batch size, in 20 measurements that "
         "alternate between the two networks (default: %(default)s)")
