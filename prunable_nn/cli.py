@@ -17,7 +17,15 @@ from pathlib import Path
 import torch
 
 from . import data
-from .demo import CSV_FILE, PLOT_FILE, PRUNED_FILE, DemoConfig, load_splits, run_demo
+from .demo import (
+    CSV_FILE,
+    PLOT_FILE,
+    PRUNED_FILE,
+    CompileError,
+    DemoConfig,
+    load_splits,
+    run_demo,
+)
 
 PROG = "prunable-nn"
 DEFAULTS = {field.name: field.default for field in fields(DemoConfig)}
@@ -117,6 +125,10 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
     add("--latency-time", type=_positive_float, default=DEFAULTS["latency_time"], metavar="SECONDS",
         help="seconds of timing per network and batch size, in 20 measurements that "
         "alternate between the two networks (default: %(default)s)")
+    add("--compile", action="store_true",
+        help="time both networks compiled by torch.compile (inductor, needs a C++ compiler), "
+        "which fuses batch norm, ReLU and pooling into the convolutions as a deployment "
+        "would; compiling takes about a minute")
     add("--seed", type=int, default=DEFAULTS["seed"],
         help="seed of the weights, the data splits and the shuffling (default: %(default)s)")
     add("--threads", type=_positive_int, default=None, metavar="N",
@@ -140,6 +152,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         run_demo(config, splits, say=lambda line: print(line, flush=True))
+    except CompileError as error:
+        print(f"{PROG} demo: error: {error}", file=sys.stderr)
+        return 1
     finally:
         torch.set_num_threads(threads)
     return 0

@@ -75,6 +75,7 @@ class DemoConfig:
     finetune_steps: int = 400
     latency_batches: tuple[int, ...] = (1, 64)  #: images per timed forward pass, one column each
     latency_time: float = 2.0  #: seconds of timing per network and batch size
+    compile: bool = False  #: time both copies compiled by ``torch.compile`` (inductor)
     seed: int = 0
     progress: bool | None = None  #: tqdm bars on stderr (None: when it is a terminal)
 
@@ -134,9 +135,10 @@ def run_demo(
     finetuned_val = evaluate(model, val_loader, progress=config.progress)
     say(f"fine-tuned for {config.finetune_steps} steps: mean loss {loss:.4f}, validation accuracy {finetuned_val:.2%}")
 
+    timed = timed_copies(unpruned_copy, to_torch(model), config)
     latency = {
         batch: compare_latency(
-            unpruned_copy, to_torch(model), torch.zeros(batch, *IMAGE_SHAPE),
+            *timed, torch.zeros(batch, *IMAGE_SHAPE),
             repeats=LATENCY_REPEATS, min_run_time=config.latency_time / LATENCY_REPEATS,
         )
         for batch in config.latency_batches
@@ -156,6 +158,34 @@ def run_demo(
     for line in summary(result, config):
         say(line)
     return result
+
+
+class CompileError(RuntimeError):
+    """``torch.compile`` could not compile a network to be timed."""
+
+
+def timed_copies(unpruned: nn.Module, pruned: nn.Module, config: DemoConfig) -> tuple[nn.Module, nn.Module]:
+    """The two plain-torch copies as they are timed: as they are, or with ``config.compile``
+    compiled by ``torch.compile`` (inductor, which fuses batch norm, ReLU and pooling into
+    the convolutions, as a deployment would). Compilation happens here, for every batch
+    size, so that none of it is timed."""
+    if not config.compile:
+        return unpruned, pruned
+    compiled = []
+    for name, copy in (("unpruned", unpruned), ("pruned", pruned)):
+        module = torch.compile(copy.eval())
+        try:
+            with torch.inference_mode():
+                for batch in config.latency_batches:
+                    module(torch.zeros(batch, *IMAGE_SHAPE))
+        except Exception as error:  # inductor raises many kinds: a missing compiler among them
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CompileError(
+                f"torch.compile could not compile the {name} network (inductor needs a C++ compiler "
+                f"such as g++): {first_line}"
+            ) from error
+        compiled.append(module)
+    return compiled[0], compiled[1]
 
 
 def prune_with_table(

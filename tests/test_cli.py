@@ -242,3 +242,19 @@ def test_both_entry_points_run_the_cli(tiny_data, tmp_path, command):
     assert [row["round"] for row in table_rows(result.stdout)] == [0, 1]
     assert "Traceback" not in result.stderr and "it/s" not in result.stderr  # --no-progress: no bars
     assert (tmp_path / "pruned.pt").is_file()
+
+
+def test_a_network_that_does_not_compile_exits_1_naming_it(capsys, tiny_data, tmp_path, monkeypatch):
+    def failing_compile(module, **options):
+        def run(*inputs):
+            raise RuntimeError("C++ compile error: g++ not found\n(full log follows)")
+        return run
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    code, out, err = run(capsys, "demo", "--data", str(tiny_data), "--out", str(tmp_path), *TINY,
+                         "--max-rounds", "1", "--compile")
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == (
+        "prunable-nn demo: error: torch.compile could not compile the unpruned network (inductor needs "
+        "a C++ compiler such as g++): C++ compile error: g++ not found"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -63,3 +65,28 @@ def test_the_pruned_network_is_fine_tuned_measured_and_saved(spied_run):
     assert count_flops(model, model.example_inputs()) == result.pruned.flops
     assert 0 <= result.finetuned_val_accuracy <= 1 and 0 <= result.pruned.test_accuracy <= 1
     assert all(path.is_file() for path in result.files)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's inductor needs a C++ compiler")
+def test_with_compile_the_compiled_copies_are_timed(monkeypatch, tmp_path):
+    timed = []
+
+    def spy_compare(first, second, inputs, **options):
+        timed.append((first, second))
+        return compare_latency(first, second, inputs, **options)
+
+    monkeypatch.setattr(demo, "compare_latency", spy_compare)
+    config = DemoConfig(
+        out_dir=tmp_path, width=0.125, hidden=16, batch_size=16, steps_per_round=2, max_to_prune=8,
+        max_rounds=1, finetune_steps=1, latency_batches=(2,), latency_time=0.01, compile=True, progress=False,
+    )
+    splits = band_images(48, 0), band_images(16, 1), band_images(16, 2)
+    result = run_demo(config, splits, say=lambda line: None)
+    ((unpruned, pruned),) = timed
+    assert all(isinstance(module, torch._dynamo.eval_frame.OptimizedModule) for module in (unpruned, pruned))
+    images = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        reference = demo.to_torch(load_pruned(demo.build_network(config), result.files[0])).eval()(images)
+        torch.testing.assert_close(pruned(images), reference, rtol=1e-4, atol=1e-4)
+    assert count_parameters(unpruned._orig_mod) == result.unpruned.parameters
