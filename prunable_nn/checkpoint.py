@@ -303,6 +303,11 @@ def _label(name: str) -> str:
     return repr(name) if name else "'' (the model itself)"
 
 
+def _and_more(names: list[str]) -> str:
+    """What follows the first of ``names`` in a message: how many more, and up to five of them."""
+    return f" (and {len(names) - 1} more: {names[1:6]})" if len(names) > 1 else ""
+
+
 def _check_layers(checkpoint: Mapping[str, Any], layers: dict[str, nn.Module], model: nn.Module, source: str) -> None:
     """Raise ``ValueError`` unless ``model``'s layers are the file's: same names, kinds and
     fixed attributes, and ``groups`` changed only between depthwise convolutions."""
@@ -313,14 +318,14 @@ def _check_layers(checkpoint: Mapping[str, Any], layers: dict[str, nn.Module], m
         name = missing[0]
         raise ValueError(
             f"layer {_label(name)} ({saved[name]['kind']}) of {source} is missing from {mine}"
-            + (f" (and {len(missing) - 1} more: {missing[1:6]})" if len(missing) > 1 else "")
+            + _and_more(missing)
         )
     extra = [name for name in layers if name not in saved]
     if extra:
         name = extra[0]
         raise ValueError(
             f"{mine} has layer {_label(name)} ({type(layers[name]).__name__}) that {source} does not have"
-            + (f" (and {len(extra) - 1} more: {extra[1:6]})" if len(extra) > 1 else "")
+            + _and_more(extra)
         )
     for name, record in saved.items():
         layer = layers[name]

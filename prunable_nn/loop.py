@@ -85,27 +85,29 @@ class Target(ABC):
 
 
 @dataclass(frozen=True)
-class FlopsTarget(Target):
-    """Stop once the FLOPs are at most ``fraction`` (in (0, 1]) of the starting model's:
-    ``FlopsTarget(0.5)`` stops at the first round with FLOPs <= 50 % of the start."""
+class _FractionTarget(Target):
+    """A target that is a fraction (in (0, 1]) of the starting model's size."""
 
     fraction: float
 
     def __post_init__(self) -> None:
-        _check_fraction(self)
+        fraction = self.fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
+            raise ValueError(f"{type(self).__name__}: fraction must be in (0, 1], got {fraction!r}")
+
+
+@dataclass(frozen=True)
+class FlopsTarget(_FractionTarget):
+    """Stop once the FLOPs are at most ``fraction`` (in (0, 1]) of the starting model's:
+    ``FlopsTarget(0.5)`` stops at the first round with FLOPs <= 50 % of the start."""
 
     def reached(self, start: Round, row: Round) -> bool:
         return row.flops <= self.fraction * start.flops
 
 
 @dataclass(frozen=True)
-class ParamsTarget(Target):
+class ParamsTarget(_FractionTarget):
     """Stop once the parameters are at most ``fraction`` (in (0, 1]) of the starting model's."""
-
-    fraction: float
-
-    def __post_init__(self) -> None:
-        _check_fraction(self)
 
     def reached(self, start: Round, row: Round) -> bool:
         return row.parameters <= self.fraction * start.parameters
@@ -150,12 +152,6 @@ class AccuracyDrop(Target):
 
     def reached(self, start: Round, row: Round) -> bool:
         return row.accuracy < start.accuracy - self.max_drop
-
-
-def _check_fraction(target: FlopsTarget | ParamsTarget) -> None:
-    fraction = target.fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
-        raise ValueError(f"{type(target).__name__}: fraction must be in (0, 1], got {fraction!r}")
 
 
 # -- the loop -------------------------------------------------------------------------------------

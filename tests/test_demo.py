@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from idx_files import class_images
 from torch.utils.data import TensorDataset
 
 from prunable_nn import count_flops, count_parameters, demo, load_pruned, training
@@ -14,13 +16,10 @@ from prunable_nn.latency import compare_latency
 
 
 def band_images(count: int, seed: int) -> TensorDataset:
-    """28x28 images whose class k lights up the k-th band of rows."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (count,), generator=generator)
-    images = 0.2 * torch.randn(count, 1, 28, 28, generator=generator)
-    for index, label in enumerate(labels.tolist()):
-        images[index, 0, 2 * label : 2 * label + 2] += 2.0
-    return TensorDataset(images, labels)
+    """28x28 images of ``idx_files.class_images``: class k lights up the k-th band of rows."""
+    labels = np.random.default_rng(seed).integers(0, 10, size=count)
+    images = torch.from_numpy(class_images(labels, seed=seed)).float().div(255).unsqueeze(1)
+    return TensorDataset(images, torch.from_numpy(labels))
 
 
 @pytest.fixture
