@@ -125,10 +125,11 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
     add("--latency-time", type=_positive_float, default=DEFAULTS["latency_time"], metavar="SECONDS",
         help="seconds of timing per network and batch size, in 20 measurements that "
         "alternate between the two networks (default: %(default)s)")
-    add("--compile", action="store_true",
-        help="time both networks compiled by torch.compile (inductor, needs a C++ compiler), "
-        "which fuses batch norm, ReLU and pooling into the convolutions as a deployment "
-        "would; compiling takes about a minute")
+    add("--compile", action=argparse.BooleanOptionalAction, default=DEFAULTS["compile"],
+        help="time both networks compiled by torch.compile (inductor, needs a C++ compiler), as a "
+        "deployment runs them: no Python between operations, batch norm, ReLU and pooling fused; "
+        "compiling takes about a minute. --no-compile times them eagerly. Default: compiled "
+        "when they compile, else eagerly, with a line that says so")
     add("--seed", type=int, default=DEFAULTS["seed"],
         help="seed of the weights, the data splits and the shuffling (default: %(default)s)")
     add("--threads", type=_positive_int, default=None, metavar="N",

@@ -17,6 +17,11 @@
 5. **measure** both networks: test accuracy, FLOPs, parameters, and the CPU latency of their
    plain-torch copies (:func:`prunable_nn.to_torch`) for each batch size of
    ``latency_batches``, timed side by side (:func:`prunable_nn.latency.compare_latency`).
+   The copies are timed as a deployment runs them, compiled by ``torch.compile`` (inductor:
+   no Python between operations; batch norm, ReLU and pooling fused into fewer kernels).
+   By default (``compile=None``) a copy that does not compile (inductor needs a C++
+   compiler) is timed as it is, eagerly, and the output says so; ``compile=True`` makes that
+   an error, ``compile=False`` times the eager copies.
 6. **write** into ``out_dir``: ``pruned.pt`` (:func:`prunable_nn.save_pruned`: data only,
    loads with ``torch.load(weights_only=True)``), ``history.csv`` (one line per round) and
    ``history.png`` (accuracy and parameters against FLOPs).
@@ -75,7 +80,7 @@ class DemoConfig:
     finetune_steps: int = 400
     latency_batches: tuple[int, ...] = (1, 64)  #: images per timed forward pass, one column each
     latency_time: float = 2.0  #: seconds of timing per network and batch size
-    compile: bool = False  #: time both copies compiled by ``torch.compile`` (inductor)
+    compile: bool | None = None  #: time the copies compiled (None: when they compile, see step 5)
     seed: int = 0
     progress: bool | None = None  #: tqdm bars on stderr (None: when it is a terminal)
 
@@ -87,7 +92,7 @@ class Measurement:
     test_accuracy: float
     flops: int
     parameters: int
-    latency: dict[int, float]  #: seconds per forward pass of its plain-torch copy, by batch size
+    latency: dict[int, float]  #: seconds per forward pass of its timed copy, by batch size
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class DemoResult:
     unpruned: Measurement
     pruned: Measurement
     speedups: dict[int, float]  #: by batch size: median ratio of the latencies, timed side by side
+    compiled: bool  #: whether the timed copies were compiled by ``torch.compile``
     history: History
     finetuned_val_accuracy: float
     files: tuple[Path, Path, Path]  #: pruned model, CSV history, PNG plot
@@ -135,10 +141,12 @@ def run_demo(
     finetuned_val = evaluate(model, val_loader, progress=config.progress)
     say(f"fine-tuned for {config.finetune_steps} steps: mean loss {loss:.4f}, validation accuracy {finetuned_val:.2%}")
 
-    timed = timed_copies(unpruned_copy, to_torch(model), config)
+    save_pruned(model, files[0])  # before the timing, which may fail to compile
+    plot_history(history, files[2], title=network_name(config), finetuned_accuracy=finetuned_val)
+    timed_unpruned, timed_pruned, compiled = timed_copies(unpruned_copy, to_torch(model), config, say)
     latency = {
         batch: compare_latency(
-            *timed, torch.zeros(batch, *IMAGE_SHAPE),
+            timed_unpruned, timed_pruned, torch.zeros(batch, *IMAGE_SHAPE),
             repeats=LATENCY_REPEATS, min_run_time=config.latency_time / LATENCY_REPEATS,
         )
         for batch in config.latency_batches
@@ -151,10 +159,10 @@ def run_demo(
         evaluate(model, test_loader, progress=config.progress), count_flops(model, model.example_inputs()),
         count_parameters(model), {batch: timing.second for batch, timing in latency.items()},
     )
-    save_pruned(model, files[0])
-    plot_history(history, files[2], title=network_name(config), finetuned_accuracy=finetuned_val)
     speedups = {batch: timing.speedup for batch, timing in latency.items()}
-    result = DemoResult(unpruned, pruned, speedups, history, finetuned_val, files, time.perf_counter() - started)
+    result = DemoResult(
+        unpruned, pruned, speedups, compiled, history, finetuned_val, files, time.perf_counter() - started
+    )
     for line in summary(result, config):
         say(line)
     return result
@@ -164,28 +172,38 @@ class CompileError(RuntimeError):
     """``torch.compile`` could not compile a network to be timed."""
 
 
-def timed_copies(unpruned: nn.Module, pruned: nn.Module, config: DemoConfig) -> tuple[nn.Module, nn.Module]:
-    """The two plain-torch copies as they are timed: as they are, or with ``config.compile``
-    compiled by ``torch.compile`` (inductor, which fuses batch norm, ReLU and pooling into
-    the convolutions, as a deployment would). Compilation happens here, for every batch
-    size, so that none of it is timed."""
-    if not config.compile:
-        return unpruned, pruned
-    compiled = []
-    for name, copy in (("unpruned", unpruned), ("pruned", pruned)):
-        module = torch.compile(copy.eval())
-        try:
-            with torch.inference_mode():
-                for batch in config.latency_batches:
-                    module(torch.zeros(batch, *IMAGE_SHAPE))
-        except Exception as error:  # inductor raises many kinds: a missing compiler among them
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise CompileError(
-                f"torch.compile could not compile the {name} network (inductor needs a C++ compiler "
-                f"such as g++): {first_line}"
-            ) from error
-        compiled.append(module)
-    return compiled[0], compiled[1]
+def timed_copies(
+    unpruned: nn.Module, pruned: nn.Module, config: DemoConfig, say: Callable[[str], None]
+) -> tuple[nn.Module, nn.Module, bool]:
+    """The two plain-torch copies as they are timed, and whether they are compiled (step 5 of
+    the module docstring). Each copy is compiled for fixed shapes, as a deployment exports
+    it, once for every batch size, here, so that no compilation is timed."""
+    if config.compile is False:
+        return unpruned, pruned, False
+    try:
+        return compiled_copy(unpruned, "unpruned", config), compiled_copy(pruned, "pruned", config), True
+    except CompileError as error:
+        if config.compile:
+            raise
+        say(f"{error}; timing both networks eagerly instead")
+        return unpruned, pruned, False
+
+
+def compiled_copy(copy: nn.Module, name: str, config: DemoConfig) -> nn.Module:
+    """``torch.compile(copy)`` (static shapes), compiled for every batch size of
+    ``config.latency_batches``; :class:`CompileError` names the ``name`` network if it fails."""
+    module = torch.compile(copy.eval(), dynamic=False)
+    try:
+        with torch.inference_mode():
+            for batch in config.latency_batches:
+                module(torch.zeros(batch, *IMAGE_SHAPE))
+    except Exception as error:  # inductor raises many kinds: a missing compiler among them
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CompileError(
+            f"torch.compile could not compile the {name} network (inductor needs a C++ compiler "
+            f"such as g++): {first_line}"
+        ) from error
+    return module
 
 
 def prune_with_table(
@@ -271,6 +289,8 @@ def summary(result: DemoResult, config: DemoConfig) -> list[str]:
         f"{'change':<10}  {100 * (after.test_accuracy - before.test_accuracy):>+5.2f} pt  "
         f"{after.flops / before.flops:>7.1%}  {after.parameters / before.parameters:>9.1%}"
         + "".join(f"  {result.speedups[batch]:>9.2f}x speed-up" for batch in batches),
+        f"latency: median of {LATENCY_REPEATS} alternating measurements of the plain-torch copies, "
+        + ("compiled by torch.compile (inductor)" if result.compiled else "run eagerly (not compiled)"),
         f"wrote {', '.join(str(path) for path in result.files)} in {result.seconds:.0f} s",
         f"load it with: load_pruned({vgg_call(config)}, {str(result.files[0])!r})",
     ]

@@ -26,7 +26,7 @@ LOAD = re.compile(r"^load it with: (load_pruned\(.*\))$", re.MULTILINE)
 #: A VGG-11 of width 1/8 (8..64 channels) and hidden layers of 16: 207 prunable units.
 TINY = ["--width", "0.125", "--hidden", "16", "--epochs", "1", "--batch-size", "16", "--val-size", "40",
         "--steps-per-round", "3", "--max-to-prune", "8", "--finetune-steps", "3", "--target-flops", "0.8",
-        "--latency-time", "0.01", "--threads", "1", "--no-progress"]
+        "--latency-time", "0.01", "--threads", "1", "--no-progress", "--no-compile"]
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +116,9 @@ def test_demo_summary_compares_the_two_networks(demo_run):
         assert ratio / 2 <= float(change[column]) <= 2 * ratio
     # a batch of 64 takes longer than a single image
     assert float(unpruned[5]) > float(unpruned[4]) and float(pruned[5]) > float(pruned[4])
+    assert summary[start + 4] == (
+        "latency: median of 20 alternating measurements of the plain-torch copies, run eagerly (not compiled)"
+    )
 
 
 def test_demo_writes_a_model_that_loads_as_printed(demo_run):
@@ -244,12 +247,14 @@ def test_both_entry_points_run_the_cli(tiny_data, tmp_path, command):
     assert (tmp_path / "pruned.pt").is_file()
 
 
-def test_a_network_that_does_not_compile_exits_1_naming_it(capsys, tiny_data, tmp_path, monkeypatch):
-    def failing_compile(module, **options):
-        def run(*inputs):
-            raise RuntimeError("C++ compile error: g++ not found\n(full log follows)")
-        return run
+def failing_compile(module, **options):
+    """A stand-in for ``torch.compile`` on a machine without a C++ compiler."""
+    def run(*inputs):
+        raise RuntimeError("C++ compile error: g++ not found\n(full log follows)")
+    return run
 
+
+def test_a_network_that_does_not_compile_exits_1_naming_it_with_compile(capsys, tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", failing_compile)
     code, out, err = run(capsys, "demo", "--data", str(tiny_data), "--out", str(tmp_path), *TINY,
                          "--max-rounds", "1", "--compile")
@@ -258,3 +263,17 @@ def test_a_network_that_does_not_compile_exits_1_naming_it(capsys, tiny_data, tm
         "prunable-nn demo: error: torch.compile could not compile the unpruned network (inductor needs "
         "a C++ compiler such as g++): C++ compile error: g++ not found"
     )
+    assert (tmp_path / "pruned.pt").is_file()  # written before the timing
+
+
+def test_by_default_networks_that_do_not_compile_are_timed_eagerly(capsys, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    default = [option for option in TINY if option != "--no-compile"]
+    code, out, err = run(capsys, "demo", "--data", str(tiny_data), "--out", str(tmp_path), *default, "--max-rounds", "1")
+    assert code == 0, err
+    assert (
+        "torch.compile could not compile the unpruned network (inductor needs a C++ compiler such as g++): "
+        "C++ compile error: g++ not found; timing both networks eagerly instead\n"
+    ) in out
+    assert out.splitlines()[-3].endswith("run eagerly (not compiled)")
+    assert (tmp_path / "pruned.pt").is_file()

@@ -39,7 +39,8 @@ def spied_run(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "train_steps", spy_train_steps)
     config = DemoConfig(
         out_dir=tmp_path, width=0.125, hidden=16, batch_size=16, steps_per_round=2, max_to_prune=8,
-        target_flops=0.9, finetune_steps=7, latency_batches=(1, 3), latency_time=0.01, progress=False,
+        target_flops=0.9, finetune_steps=7, latency_batches=(1, 3), latency_time=0.01, compile=False,
+        progress=False,
     )
     splits = band_images(96, 0), band_images(32, 1), band_images(32, 2)
     result = run_demo(config, splits, say=lambda line: None)
@@ -68,7 +69,7 @@ def test_the_pruned_network_is_fine_tuned_measured_and_saved(spied_run):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's inductor needs a C++ compiler")
-def test_with_compile_the_compiled_copies_are_timed(monkeypatch, tmp_path):
+def test_by_default_the_compiled_copies_are_timed(monkeypatch, tmp_path):
     timed = []
 
     def spy_compare(first, second, inputs, **options):
@@ -78,11 +79,12 @@ def test_with_compile_the_compiled_copies_are_timed(monkeypatch, tmp_path):
     monkeypatch.setattr(demo, "compare_latency", spy_compare)
     config = DemoConfig(
         out_dir=tmp_path, width=0.125, hidden=16, batch_size=16, steps_per_round=2, max_to_prune=8,
-        max_rounds=1, finetune_steps=1, latency_batches=(2,), latency_time=0.01, compile=True, progress=False,
+        max_rounds=1, finetune_steps=1, latency_batches=(2,), latency_time=0.01, progress=False,
     )
     splits = band_images(48, 0), band_images(16, 1), band_images(16, 2)
     result = run_demo(config, splits, say=lambda line: None)
     ((unpruned, pruned),) = timed
+    assert result.compiled
     assert all(isinstance(module, torch._dynamo.eval_frame.OptimizedModule) for module in (unpruned, pruned))
     images = torch.randn(2, 1, 28, 28)
     with torch.inference_mode():
