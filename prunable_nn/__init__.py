@@ -3,6 +3,7 @@
 from .chain import Chain, Consumer
 from .checkpoint import load_pruned, save_pruned
 from .convert import convert
+from .criteria import APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor
 from .data import digits, fashion_mnist, mnist, read_idx
 from .export import to_torch
 from .flops import count_flops, count_parameters
@@ -22,21 +23,29 @@ from .pruner import Removal, TaylorPruner
 from .training import evaluate, train_epoch, train_steps
 
 __all__ = [
+    "APoZ",
     "AccuracyDrop",
+    "ActivationMean",
+    "ActivationStd",
     "Chain",
     "ChannelsTarget",
     "Consumer",
+    "Criterion",
     "FlopsTarget",
     "History",
+    "MinWeight",
+    "Oracle",
     "PBatchNorm2d",
     "PConv2d",
     "PLinear",
     "ParamsTarget",
     "PrunableLayer",
     "PrunableModule",
+    "RandomScores",
     "Removal",
     "Round",
     "Target",
+    "Taylor",
     "TaylorPruner",
     "convert",
     "count_flops",

@@ -17,6 +17,7 @@ from torch import nn
 
 from .chain import INPUT, Chain, ChannelMap, FrozenChain, Member
 from .convert import swap_in_twins, undo
+from .criteria import Criterion, Taylor
 from .flops import ExampleInputs, flops_per_module
 from .graph import channel_flow
 from .layers import PrunableLayer
@@ -49,8 +50,9 @@ class TaylorPruner:
             replaced in place by their prunable twins (sharing their weights).
         example_inputs: inputs of one forward pass (a tensor or a tuple), used to find the
             shapes in the graph and to count FLOPs. A ``PrunableModule`` gives its own.
-        normalize: divide each estimator's estimates by their L2 norm before ranking.
+        normalize: divide each member's values by their L2 norm before ranking.
         flops_regularization: ``lambda`` of the FLOPs penalty (0 switches it off; paper: 1e-3).
+        criterion: what is ranked (:mod:`prunable_nn.criteria`); default :class:`Taylor`.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class TaylorPruner:
         *,
         normalize: bool = True,
         flops_regularization: float = 0.0,
+        criterion: Criterion | None = None,
     ) -> None:
         if flops_regularization < 0:
             raise ValueError(f"flops_regularization must be >= 0, got {flops_regularization}")
@@ -69,6 +72,7 @@ class TaylorPruner:
         self.example_inputs = example_inputs
         self.normalize = normalize
         self.flops_regularization = flops_regularization
+        self.criterion = Taylor() if criterion is None else criterion
         swaps = swap_in_twins(model)
         try:
             graph, self.opaque = trace(model, example_inputs)
@@ -82,11 +86,13 @@ class TaylorPruner:
         layers = {module: name for name, module in model.named_modules() if isinstance(module, PrunableLayer)}
         for layer, name in layers.items():
             layer.name_in_model = name
-        prunable = self.map.prunable
-        self._estimators = [member for member in self.map.estimators if prunable[member.units].any()]
-        estimating = {member.layer for member in self._estimators}
+        self._estimators = [member for member in self.map.estimators if self.has_prunable(member)]
+        statistic = self.criterion.statistic
+        estimating = {member.layer for member in self._estimators} if statistic is not None else set()
         for layer in layers:
             layer.estimating = layer in estimating
+            if layer in estimating:
+                layer.statistic = statistic
 
     @property
     def chains(self) -> list[Chain]:
@@ -103,13 +109,22 @@ class TaylorPruner:
         """Units of channels that can still be removed (every layer keeps one)."""
         return len(self.map.removable(range(self.map.num_units)))
 
+    @property
+    def estimator_members(self) -> list[Member]:
+        """The members whose layers record the estimates that rank the prunable units."""
+        return self._estimators
+
+    def has_prunable(self, member: Member) -> bool:
+        """Whether any of ``member``'s positions belongs to a unit that can still go."""
+        return bool(self.map.prunable[member.units].any())
+
     def reset_estimates(self) -> None:
         """Forget the estimates accumulated by every estimator."""
         for member in self.map.estimators:
             member.layer.reset_estimates()
 
     def scores(self) -> list[torch.Tensor]:
-        """Each chain's ranking scores: normalised estimates minus the FLOPs penalty."""
+        """Each chain's ranking scores: the criterion's normalised values minus the FLOPs penalty."""
         scores = self._unit_scores()
         return [scores[chain.units] for chain in self.chains]
 
@@ -155,8 +170,8 @@ class TaylorPruner:
     # -- internals ------------------------------------------------------------------------------
     def _unit_scores(self) -> torch.Tensor:
         scores = torch.zeros(self.map.num_units, dtype=torch.float64)
-        for member in self._estimators:
-            values = self._checked_estimates(member).detach().double().cpu()
+        for member, values in self.criterion.member_values(self):
+            values = values.detach().double().cpu()
             if self.normalize:
                 values = l2_normalise(values)
             scores += self.map.per_unit(member, values)
@@ -164,7 +179,9 @@ class TaylorPruner:
             scores -= self.flops_regularization * relative_costs(self._unit_costs(), self.map.prunable)
         return scores
 
-    def _checked_estimates(self, member: Member) -> torch.Tensor:
+    def estimates_of(self, member: Member) -> torch.Tensor:
+        """The estimates recorded by ``member``'s layer; an error names the chain and the
+        layer when there are none yet or they are not finite."""
         estimates = member.layer.taylor_estimates
         layer = member.layer.describe()
         if estimates is None:
@@ -176,14 +193,14 @@ class TaylorPruner:
                     "classifier left out of the loss, say)"
                 )
             raise RuntimeError(
-                f"chain '{chain}' has no Taylor estimates yet ({layer} has seen no backward "
+                f"chain '{chain}' has no {self.criterion.name} estimates yet ({layer} has seen no backward "
                 f"pass in training mode since the last prune or reset): {hint}"
             )
         if not bool(torch.isfinite(estimates).all()):
             bad = (~torch.isfinite(estimates)).nonzero().flatten().tolist()
             chain = self._chain_of(member)
             raise RuntimeError(
-                f"chain '{chain}': the Taylor estimates of {layer} are not finite for channels "
+                f"chain '{chain}': the {self.criterion.name} estimates of {layer} are not finite for channels "
                 f"{bad} (values {estimates[bad].tolist()}); were the gradients NaN or infinite?"
             )
         return estimates

@@ -62,6 +62,9 @@ class TaylorEstimates:
 
     def _init_estimates(self) -> None:
         self.estimating = True
+        #: ``statistic(activation, grad, channel_dim) -> (N, C)``, recorded per example
+        #: (:mod:`prunable_nn.criteria`; a pruner sets it to its criterion's).
+        self.statistic = taylor_criterion
         self.register_buffer("_taylor_sum", None, persistent=False)
         self._taylor_count = 0
 
@@ -99,7 +102,7 @@ class TaylorEstimates:
         channels = activation.shape[self.channel_dim]
         if channels != self._num_estimated_channels():
             return  # the graph was built before the layer was pruned
-        theta = taylor_criterion(activation, grad, self.channel_dim)
+        theta = self.statistic(activation, grad, self.channel_dim)
         batch_sum = theta.sum(dim=0, dtype=torch.float64)
         if self._taylor_sum is None:
             self._taylor_sum = batch_sum
