@@ -43,3 +43,22 @@ def test_convert_benchmark_quick_run_writes_table_rows(tmp_path):
         assert cells[2] == "1x3x32x32"
         assert cells[3] == "2"
         assert float(cells[4]) > 0
+
+
+def test_oracle_correlation_quick_run_tabulates_every_criterion_three_ways(tmp_path):
+    out = tmp_path / "oracle.md"
+    run = run_quick("oracle_correlation.py", out)
+    assert "seed 1:" in run.stdout
+    rows = {cells[0].strip(): [cell.strip() for cell in cells[1:]]
+            for cells in (line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| "))}
+    assert rows.pop("criterion") == ["per layer", "all layers", "all layers, L2"]
+    assert rows.pop("---") == ["---:"] * 3
+    names = ["Taylor", "activation mean", "activation std", "APoZ", "minimum weight", "random"]
+    assert list(rows) == names
+    seeds = json.loads(out.with_suffix(".json").read_text())["seeds"]
+    assert len(seeds) == 2 and all(list(seed) == names for seed in seeds)
+    for name, cells in rows.items():
+        for way, cell in zip(["per layer", "all layers", "all layers, L2"], cells):
+            values = [seed[name][way] for seed in seeds]
+            assert all(-1 <= value <= 1 for value in values)
+            assert cell.startswith(f"{sum(values) / 2:.2f} ± "), (name, way, cell)
