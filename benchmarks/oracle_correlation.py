@@ -42,36 +42,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
-from torch.utils.data import Dataset, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models import VGG  # noqa: E402
-from prunable_nn import data, TaylorPruner  # noqa: E402
+from start_model import DATA_SETS, load, trained_vgg  # noqa: E402 (benchmarks/, the script's own folder)
+from prunable_nn import TaylorPruner  # noqa: E402
 from prunable_nn.criteria import (  # noqa: E402
     APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor,
 )
-from prunable_nn.training import endless, make_loader, train_steps  # noqa: E402
 
-IMAGE_SIZE = 28
 WAYS = ("per layer", "all layers", "all layers, L2")
 
 
 def criteria(seed: int) -> list[Criterion]:
     return [Taylor(), ActivationMean(), ActivationStd(), APoZ(), MinWeight(), RandomScores(seed)]
-
-
-def load(name: str, seed: int, held_out: int) -> tuple[Dataset, TensorDataset]:
-    """Training images and ``held_out`` validation images, both 28x28."""
-    if name == "digits":
-        full = data.digits(train=True)
-        images = F.interpolate(full.tensors[0], size=IMAGE_SIZE, mode="bilinear", align_corners=False)
-        full = TensorDataset(images, full.tensors[1])
-    else:
-        full = data.fashion_mnist(train=True)
-    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
-    validation = TensorDataset(*full[order[:held_out]])
-    return torch.utils.data.Subset(full, order[held_out:].tolist()), validation
 
 
 def record(model: torch.nn.Module, pruner: TaylorPruner, criterion: Criterion, batches) -> None:
@@ -113,13 +97,9 @@ def spearman(values: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, dict[str, float]], dict]:
-    torch.manual_seed(seed)
     train_set, validation = load(args.data, seed, args.batches * args.batch_size)
-    model = VGG("vgg11", 10, 1, IMAGE_SIZE, width=args.width, hidden=args.hidden)
+    model, loss = trained_vgg(train_set, seed, args.width, args.hidden, args.steps)
     pruner = TaylorPruner(model, model.example_inputs())
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = make_loader(train_set, 128, shuffle=True, seed=seed)
-    loss = train_steps(model, optimizer, endless(loader), args.steps, progress=False)
     batches = list(zip(validation.tensors[0].split(args.batch_size), validation.tensors[1].split(args.batch_size)))
 
     started = time.perf_counter()
@@ -156,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=430, help="training steps of 128 images (430: one epoch)")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--data", choices=("fashion-mnist", "digits"), default="fashion-mnist")
+    parser.add_argument("--data", choices=DATA_SETS, default="fashion-mnist")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny settings on the digits, for CI")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "oracle_correlation.md")
