@@ -1,6 +1,7 @@
 """The benchmark scripts run (in their --quick mode) so that they cannot rot."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +63,23 @@ def test_oracle_correlation_quick_run_tabulates_every_criterion_three_ways(tmp_p
             values = [seed[name][way] for seed in seeds]
             assert all(-1 <= value <= 1 for value in values)
             assert cell.startswith(f"{sum(values) / 2:.2f} ± "), (name, way, cell)
+
+
+def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
+    out = tmp_path / "curves.md"
+    run = run_quick("criteria_curves.py", out)
+    assert "seed 1: start model trained" in run.stdout
+    seeds = json.loads(out.with_suffix(".json").read_text())["seeds"]
+    names = ["Taylor", "Taylor, no L2", "Taylor, FLOPs reg. 0.01", "activation mean", "activation std", "APoZ",
+             "minimum weight", "random", "oracle"]
+    assert len(seeds) == 2 and all(list(seed) == names for seed in seeds)
+    for seed in seeds:
+        for curve in seed.values():
+            flops = curve["flops"]
+            assert flops[0] == 1.0 and flops[-1] <= 0.5 < min(flops[:-1])  # stops at the first row at the target
+            assert all(later < earlier for earlier, later in zip(flops, flops[1:]))
+            assert len(curve["accuracy"]) == len(flops) and all(0 <= a <= 1 for a in curve["accuracy"])
+            assert math.isnan(curve["at"]["0.25"])  # not reached
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[2:]] == names
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
