@@ -176,3 +176,38 @@ def test_prune_removes_the_lowest_scores_of_every_recorded_criterion(criterion):
     offsets = {"0": 0, "4": len(scores[0])}
     removed = {offsets[removal.chain] + index for removal in removals for index in removal.indices}
     assert removed == lowest
+
+
+class Residual(nn.Module):
+    """A residual stream made by two batch norms: each of its units has two estimators."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = PConv2d(1, 4, 3, padding=1), PBatchNorm2d(4)
+        self.conv2, self.bn2 = PConv2d(4, 4, 3, padding=1), PBatchNorm2d(4)
+        self.head = PLinear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stream = self.bn1(self.conv1(x))
+        stream = stream + self.bn2(self.conv2(F.relu(stream)))
+        return self.head(F.relu(stream).mean(dim=(2, 3)))
+
+
+def test_the_oracle_counts_a_unit_seen_by_several_estimators_once():
+    torch.manual_seed(3)
+    model = Residual()
+    inputs, labels = torch.randn(6, 1, 5, 5), torch.randint(3, (6,))
+    for layer in (model.bn1, model.bn2):  # batch norms that are not the identity in eval mode
+        layer.running_mean.normal_()
+        layer.running_var.uniform_(0.5, 2)
+    oracle = Oracle([(inputs, labels)], absolute=False)
+    pruner = TaylorPruner(model, inputs[:1], normalize=False, criterion=oracle)
+    assert {member.layer for member in pruner.estimator_members} == {model.bn1, model.bn2}
+    (stream,) = [chain for chain in pruner.chains if model.bn2 in chain.layers]
+    changes = oracle.unit_changes(pruner)
+    (scores,) = [score for chain, score in zip(pruner.chains, pruner.scores()) if chain is stream]
+    torch.testing.assert_close(scores, changes[stream.units])
+    for unit in stream.units.tolist():
+        removed = copy.deepcopy(pruner)
+        removed.map.remove(torch.tensor([unit]))
+        assert changes[unit] == pytest.approx(loss_of(removed.model, inputs, labels) - loss_of(model, inputs, labels), abs=1e-5)
