@@ -83,3 +83,20 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
     assert [row.split("|")[1].strip() for row in rows[2:]] == names
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_latency_quick_run_relates_speed_ups_to_flops_factors(tmp_path):
+    out = tmp_path / "latency.md"
+    run_quick("latency.py", out)
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(row["network"], row["level"]) for row in rows] == [("digits net", 0.5), ("resnet18", 0.5)]
+    for row in rows:
+        assert 2.0 <= row["flops_factor"] < 3.0  # stopped at the first round at or under half the FLOPs
+        assert list(row["speedup"]) == ["eager, 2"] and row["speedup"]["eager, 2"] > 0
+        assert row["prunable_over_plain"] > 0
+    lines = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| network | FLOPs kept | F | S eager, 2 (S/F) |")
+    first = rows[0]
+    factor, speedup = first["flops_factor"], first["speedup"]["eager, 2"]
+    assert lines[2] == (f"| digits net | {1 / factor:.1%} | {factor:.2f} | {speedup:.2f}x ({speedup / factor:.2f}) | "
+                        f"{first['prunable_over_plain']:.2f} |")
