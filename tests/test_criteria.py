@@ -211,3 +211,17 @@ def test_the_oracle_counts_a_unit_seen_by_several_estimators_once():
         removed = copy.deepcopy(pruner)
         removed.map.remove(torch.tensor([unit]))
         assert changes[unit] == pytest.approx(loss_of(removed.model, inputs, labels) - loss_of(model, inputs, labels), abs=1e-5)
+
+
+def test_activation_std_of_a_layer_without_positions_is_the_spread_over_the_batch():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Flatten(), PLinear(12, 5), nn.ReLU(), PLinear(5, 2))
+    inputs = torch.randn(7, 12)
+    pruner = TaylorPruner(model, inputs[:1], criterion=ActivationStd())
+    model.train()
+    model(inputs).sum().backward()
+    (member,) = pruner.estimator_members
+    hidden = model[1](inputs).detach().clamp(min=0).double()
+    expected = (hidden - hidden.mean(dim=0)).pow(2).mean(dim=0).sqrt()
+    torch.testing.assert_close(pruner.estimates_of(member), expected)
+    assert (expected > 0).any()
