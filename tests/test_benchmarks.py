@@ -100,3 +100,18 @@ def test_latency_quick_run_relates_speed_ups_to_flops_factors(tmp_path):
     factor, speedup = first["flops_factor"], first["speedup"]["eager, 2"]
     assert lines[2] == (f"| digits net | {1 / factor:.1%} | {factor:.2f} | {speedup:.2f}x ({speedup / factor:.2f}) | "
                         f"{first['prunable_over_plain']:.2f} |")
+
+
+def test_vs_torch_pruning_quick_run_prunes_every_method_to_the_target(tmp_path):
+    out = tmp_path / "vs.md"
+    run = run_quick("vs_torch_pruning.py", out)
+    assert "Torch-Pruning 1." in run.stdout
+    (seed,) = json.loads(out.with_suffix(".json").read_text())["seeds"]
+    assert list(seed) == ["unpruned", "prunable_nn Taylor", "prunable_nn Taylor, FLOPs reg. 0.01",
+                          "Torch-Pruning Taylor", "Torch-Pruning magnitude (L2)"]
+    assert seed.pop("unpruned")["flops"] == 1.0
+    for name, result in seed.items():
+        assert 0.3 < result["flops"] <= 0.5, name  # stopped at the first round at or under the target
+        assert result["rounds"] >= 1 and 0 < result["parameters"] < 1 and 0 <= result["accuracy"] <= 1
+    rows = [line.split("|")[1].strip() for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert rows[2:] == ["unpruned", *seed]
