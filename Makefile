@@ -32,9 +32,13 @@ test: $(STAMP)
 demo: $(STAMP) $(FASHION_MNIST)
 	$(PY) -m prunable_nn demo
 
-bench: $(STAMP)
+bench: $(STAMP) $(FASHION_MNIST)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/convert.py
+	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/oracle_correlation.py
+	$(PY) benchmarks/criteria_curves.py
+	$(PY) benchmarks/vs_torch_pruning.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
