@@ -79,7 +79,12 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
             assert flops[0] == 1.0 and flops[-1] <= 0.5 < min(flops[:-1])  # stops at the first row at the target
             assert all(later < earlier for earlier, later in zip(flops, flops[1:]))
             assert len(curve["accuracy"]) == len(flops) and all(0 <= a <= 1 for a in curve["accuracy"])
-            assert math.isnan(curve["at"]["0.25"])  # not reached
+            for level, accuracy in curve["at"].items():  # NaN where the curve stops above the level
+                assert math.isnan(accuracy) == (flops[-1] > float(level)), (level, flops)
+                if not math.isnan(accuracy):  # interpolated between the two rounds around the level
+                    after = next(i for i, fraction in enumerate(flops) if fraction <= float(level))
+                    around = curve["accuracy"][max(after - 1, 0) : after + 1]
+                    assert min(around) - 1e-9 <= accuracy <= max(around) + 1e-9
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
     assert [row.split("|")[1].strip() for row in rows[2:]] == names
     assert (tmp_path / "curves.png").stat().st_size > 10_000
