@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
 
     per_seed = [one_seed(args, seed) for seed in range(args.seeds)]
     title = (
-        f"VGG-11 width {args.width:g} on {args.data}: {args.steps} training steps, then rounds of "
+        f"VGG-11 width {args.width:g} on {args.data}: {args.steps} training steps,\nthen rounds of "
         f"{args.steps_per_round} steps and up to {args.max_to_prune} channels; mean of {args.seeds} seeds"
     )
-    header = f"{title} ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    header = f"{title.replace(chr(10), ' ')} ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
     lines = [header, "", *table(per_seed)]
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
