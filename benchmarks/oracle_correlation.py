@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--steps", type=int, default=430, help="training steps of 128 images (430: one epoch)")
-    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--data", choices=DATA_SETS, default="fashion-mnist")
     parser.add_argument("--threads", type=int, default=None)
