@@ -14,7 +14,7 @@ seen since the last prune (Molchanov et al. 2017, sec. 2.2 and 2.3):
 - :class:`ActivationMean`: ``(1/M) sum_m z[n,k,m]`` with ``z = relu(a)``, the map as a
   following ReLU passes it on (the paper measures maps after their nonlinearity);
 - :class:`ActivationStd`: the standard deviation of ``z[n,k,:]`` over the positions (for
-  a layer without positions, a ``Linear``'s output, over the examples of the batch);
+  a map of one position, a ``Linear``'s output or a 1x1 map, over the batch's examples);
 - :class:`APoZ`: ``1 - (1/M) sum_m [z[n,k,m] == 0]``, one minus the average percentage of
   zeros (Hu et al. 2016), so that a channel that is mostly zero scores low.
 
@@ -93,7 +93,7 @@ def activation_mean(activation: torch.Tensor, grad: torch.Tensor, channel_dim: i
 
 def activation_std(activation: torch.Tensor, grad: torch.Tensor, channel_dim: int) -> torch.Tensor:
     z = _positions(activation.clamp(min=0), channel_dim)
-    if z.shape[2] == 1:  # no positions (a Linear's output): the spread over the batch
+    if z.shape[2] == 1:  # one position (a Linear's output, a 1x1 map): the spread over the batch
         return z[:, :, 0].std(dim=0, correction=0).expand(z.shape[0], -1)
     return z.std(dim=2, correction=0)
 
@@ -111,7 +111,7 @@ class ActivationMean(RecordedStatistic):
 
 class ActivationStd(RecordedStatistic):
     """Standard deviation of ``relu(a)`` over the positions per example, averaged (over the
-    batch's examples where there are no positions)."""
+    batch's examples where a map has one position)."""
 
     name = "activation std"
     statistic = staticmethod(activation_std)

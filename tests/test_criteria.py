@@ -28,7 +28,10 @@ def by_hand(criterion, output: torch.Tensor, grad: torch.Tensor) -> torch.Tensor
     values = {
         "Taylor": (output * grad).mean(dim=(2, 3)).abs(),
         "activation mean": z.mean(dim=(2, 3)),
-        "activation std": ((z - z.mean(dim=(2, 3), keepdim=True)) ** 2).mean(dim=(2, 3)).sqrt(),
+        "activation std": (  # over the positions; a 1x1 map has one: over the batch
+            ((z - z.mean(dim=(2, 3), keepdim=True)) ** 2).mean(dim=(2, 3)).sqrt() if z[0, 0].numel() > 1
+            else ((z - z.mean(dim=0)) ** 2).mean(dim=0).sqrt().flatten().expand(len(z), -1)
+        ),
         "APoZ": 1 - (z == 0).double().mean(dim=(2, 3)),
     }[criterion.name]
     return values.double().mean(dim=0)
