@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -44,7 +41,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from start_model import BATCH_SIZE, DATA_SETS, LEARNING_RATE, load, trained_vgg  # noqa: E402
+import report  # noqa: E402 (benchmarks/, the script's own folder)
+import start_model  # noqa: E402
+from start_model import BATCH_SIZE, LEARNING_RATE, load, trained_vgg  # noqa: E402
 from prunable_nn import FlopsTarget, TaylorPruner, prune_loop  # noqa: E402
 from prunable_nn.criteria import (  # noqa: E402
     APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor,
@@ -125,8 +124,7 @@ def table(per_seed: list[dict[str, dict]]) -> list[str]:
             if any(np.isnan(values)):  # a curve that stopped above this level
                 cells.append("-")
                 continue
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{100 * statistics.fmean(values):.2f}% ± {100 * spread:.2f}")
+            cells.append(report.mean_and_spread(values, scale=100, unit="%"))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -151,10 +149,6 @@ def plot(per_seed: list[dict[str, dict]], title: str, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=430, help="training steps of the start model (430: one epoch)")
     parser.add_argument("--target", type=float, default=0.25, help="prune down to this fraction of the FLOPs")
     parser.add_argument("--steps-per-round", type=int, default=30)
     parser.add_argument("--max-to-prune", type=int, default=32)
@@ -162,10 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=2000)
     parser.add_argument("--oracle", action="store_true", help="also prune by the oracle (slow)")
     parser.add_argument("--oracle-images", type=int, default=256)
-    parser.add_argument("--data", choices=DATA_SETS, default="fashion-mnist")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny settings on the digits, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "criteria_curves.md")
+    start_model.add_arguments(parser, seeds=2)
+    report.add_common_arguments(parser, "criteria_curves.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.width, args.hidden, args.steps, args.target = 2, 0.0625, 16, 20, 0.5
@@ -179,15 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         f"VGG-11 width {args.width:g} on {args.data}: {args.steps} training steps,\nthen rounds of "
         f"{args.steps_per_round} steps and up to {args.max_to_prune} channels; mean of {args.seeds} seeds"
     )
-    header = f"{title.replace(chr(10), ' ')} ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
-    lines = [header, "", *table(per_seed)]
-    print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    header = f"{title.replace(chr(10), ' ')} ({report.machine()})"
+    report.write(args, header, table(per_seed), {"seeds": per_seed})
     plot(per_seed, title, args.out.with_suffix(".png"))
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"settings": {key: str(value) for key, value in vars(args).items()}, "seeds": per_seed}, indent=2,
-    ))
     return 0
 
 

@@ -26,8 +26,6 @@ Usage: ``python benchmarks/latency.py [--levels 0.5 0.25] [--batches 1 64] [--no
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import report  # noqa: E402 (benchmarks/, the script's own folder)
 from models import VGG, DigitsNet  # noqa: E402
 from prunable_nn import TaylorPruner, count_flops, to_torch  # noqa: E402
 from prunable_nn.latency import compare_latency  # noqa: E402
@@ -139,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--time", type=float, default=2.0, help="seconds of timing per network and column")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny settings, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "latency.md")
+    report.add_common_arguments(parser, "latency.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.networks, args.levels, args.batches, args.resnet_size = ["digits net", "resnet18"], [0.5], [2], 32
@@ -152,16 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for name in args.networks for row in measure(args, name)]
     header = (
         f"Latency speed-up S of the pruned plain-torch copy over the unpruned network, side by side "
-        f"({args.repeats} alternating measurements, median ratio), against the FLOPs factor F "
-        f"({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        f"({args.repeats} alternating measurements, median ratio), against the FLOPs factor F ({report.machine()})"
     )
-    lines = [header, "", *table(rows)]
-    print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"settings": {key: str(value) for key, value in vars(args).items()}, "rows": rows}, indent=2
-    ))
+    report.write(args, header, table(rows), {"rows": rows})
     return 0
 
 

@@ -30,9 +30,7 @@ the JSON of every number goes next to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +43,9 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from start_model import DATA_SETS, load, trained_vgg  # noqa: E402 (benchmarks/, the script's own folder)
+import report  # noqa: E402 (benchmarks/, the script's own folder)
+import start_model  # noqa: E402
+from start_model import load, trained_vgg  # noqa: E402
 from prunable_nn import TaylorPruner  # noqa: E402
 from prunable_nn.criteria import (  # noqa: E402
     APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor,
@@ -122,24 +122,17 @@ def table(per_seed: list[dict[str, dict[str, float]]]) -> list[str]:
         cells = []
         for way in WAYS:
             values = [seed[name][way] for seed in per_seed]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.fmean(values):.2f} ± {spread:.2f}")
+            cells.append(report.mean_and_spread(values))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=430, help="training steps of 128 images (430: one epoch)")
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--data", choices=DATA_SETS, default="fashion-mnist")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny settings on the digits, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "oracle_correlation.md")
+    start_model.add_arguments(parser, seeds=3)
+    report.add_common_arguments(parser, "oracle_correlation.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.width, args.hidden, args.steps, args.batches, args.batch_size, args.data = (
@@ -158,17 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"Spearman correlation with the oracle (|loss change| of removing the channel), VGG-11 width "
         f"{args.width:g} on {args.data}, {args.steps} training steps, {args.batches}x{args.batch_size} "
-        f"held-out images, mean ± std over {args.seeds} seeds ({platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        f"held-out images, mean ± std over {args.seeds} seeds ({report.machine()})"
     )
-    lines = [header, "", *table(per_seed)]
-    print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"settings": {key: str(value) for key, value in vars(args).items()}, "seeds": per_seed, "runs": infos},
-        indent=2,
-    ))
+    report.write(args, header, table(per_seed), {"seeds": per_seed, "runs": infos})
     return 0
 
 

@@ -8,6 +8,7 @@ batch norm for ``steps`` Adam steps (learning rate 1e-3) of 128 images.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -27,14 +28,27 @@ BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 
 
+def add_arguments(parser: argparse.ArgumentParser, seeds: int) -> None:
+    """The start model's options: ``--seeds``, ``--width``, ``--hidden``, ``--steps``, ``--data``."""
+    parser.add_argument("--seeds", type=int, default=seeds)
+    parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=430, help="training steps of the start model (430: one epoch)")
+    parser.add_argument("--data", choices=DATA_SETS, default="fashion-mnist")
+
+
+def images(name: str, train: bool) -> TensorDataset:
+    """The training or test images of data set ``name``, 28x28."""
+    if name == "digits":
+        digits = data.digits(train=train)
+        scaled = F.interpolate(digits.tensors[0], size=IMAGE_SIZE, mode="bilinear", align_corners=False)
+        return TensorDataset(scaled, digits.tensors[1])
+    return data.fashion_mnist(train=train)
+
+
 def load(name: str, seed: int, held_out: int) -> tuple[Dataset, TensorDataset]:
     """Training images and ``held_out`` validation images of data set ``name``, 28x28."""
-    if name == "digits":
-        full = data.digits(train=True)
-        images = F.interpolate(full.tensors[0], size=IMAGE_SIZE, mode="bilinear", align_corners=False)
-        full = TensorDataset(images, full.tensors[1])
-    else:
-        full = data.fashion_mnist(train=True)
+    full = images(name, train=True)
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
     return Subset(full, order[held_out:].tolist()), TensorDataset(*full[order[:held_out]])
 

@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -46,9 +43,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from start_model import BATCH_SIZE, DATA_SETS, IMAGE_SIZE, LEARNING_RATE, load, trained_vgg  # noqa: E402
+import report  # noqa: E402 (benchmarks/, the script's own folder)
+import start_model  # noqa: E402
+from start_model import BATCH_SIZE, IMAGE_SIZE, LEARNING_RATE, images, load, trained_vgg  # noqa: E402
 from prunable_nn import TaylorPruner, count_flops, count_parameters, evaluate, to_torch  # noqa: E402
-from prunable_nn import data  # noqa: E402
 from prunable_nn.latency import compare_latency  # noqa: E402
 from prunable_nn.training import endless, make_loader, train_steps  # noqa: E402
 
@@ -124,7 +122,7 @@ def run_method(
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     train_set, _ = load(args.data, seed, 0)
-    test_loader = make_loader(test_set(args.data), 1000)
+    test_loader = make_loader(images(args.data, train=False), 1000)
     start, _ = trained_vgg(train_set, seed, args.width, args.hidden, args.steps)
     example = torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)
     unpruned = to_torch(start).eval()
@@ -153,19 +151,9 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     return results
 
 
-def test_set(name: str):
-    if name == "digits":
-        digits = data.digits(train=False)
-        images = F.interpolate(digits.tensors[0], size=IMAGE_SIZE, mode="bilinear", align_corners=False)
-        return torch.utils.data.TensorDataset(images, digits.tensors[1])
-    return data.fashion_mnist(train=False)
-
-
 def table(per_seed: list[dict[str, dict]]) -> list[str]:
     def cell(name: str, key: str, scale: float, unit: str, digits: int = 2) -> str:
-        values = [scale * seed[name][key] for seed in per_seed]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.fmean(values):.{digits}f}{unit} ± {spread:.{digits}f}"
+        return report.mean_and_spread([seed[name][key] for seed in per_seed], scale, digits, unit)
 
     lines = ["| method | test accuracy | FLOPs | parameters | latency speed-up | rounds | wall time |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -180,10 +168,6 @@ def table(per_seed: list[dict[str, dict]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=430, help="training steps of the start model (430: one epoch)")
     parser.add_argument("--target", type=float, default=0.5, help="prune until the FLOPs are at most this fraction")
     parser.add_argument("--steps-per-round", type=int, default=30)
     parser.add_argument("--max-to-prune", type=int, default=32)
@@ -194,10 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-batch", type=int, default=64)
     parser.add_argument("--latency-time", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--data", choices=DATA_SETS, default="fashion-mnist")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="tiny settings on the digits, for CI")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "vs_torch_pruning.md")
+    start_model.add_arguments(parser, seeds=2)
+    report.add_common_arguments(parser, "vs_torch_pruning.md")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.width, args.hidden, args.steps, args.steps_per_round = 1, 0.0625, 16, 10, 2
@@ -215,16 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"VGG-11 width {args.width:g} on {args.data}, pruned to {args.target:.0%} of its FLOPs: rounds of "
         f"{args.steps_per_round} steps and up to {args.max_to_prune} channels, then {args.finetune_steps} steps; "
-        f"mean ± std over {args.seeds} seeds (Torch-Pruning {tp.__version__}, {platform.machine()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        f"mean ± std over {args.seeds} seeds (Torch-Pruning {tp.__version__}, {report.machine()})"
     )
-    lines = [header, "", *table(per_seed)]
-    print("\n".join(lines))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"settings": {key: str(value) for key, value in vars(args).items()}, "seeds": per_seed}, indent=2
-    ))
+    report.write(args, header, table(per_seed), {"seeds": per_seed})
     return 0
 
 
