@@ -248,23 +248,27 @@ class ChannelMap:
         prunable[list(self.frozen)] = False
         return prunable
 
-    def removable(self, candidates: Sequence[int], limit: int | None = None) -> list[int]:
-        """The prunable candidate units that can go, taken in order while every member keeps
-        a position, at most ``limit`` of them."""
+    def removable(self, blocks: Iterable[Sequence[int]], limit: int | None = None) -> list[int]:
+        """The units of the ``blocks`` that can go, whole blocks taken in order while every
+        member keeps a position and at most ``limit`` units are chosen; a block that does not
+        fit is passed over."""
         prunable = self.prunable.tolist()
         room = [len(member.units) - 1 for member in self.members]
-        chosen = []
-        for unit in candidates:
+        chosen: list[int] = []
+        for block in blocks:
             if limit is not None and len(chosen) == limit:
                 break
-            if not prunable[unit]:
+            if (limit is not None and len(chosen) + len(block) > limit) or not all(prunable[unit] for unit in block):
                 continue
-            usage = list(self._usage(unit))
-            if any(count > room[index] for index, count in usage):
+            usage: dict[int, int] = {}
+            for unit in block:
+                for index, count in self._usage(unit):
+                    usage[index] = usage.get(index, 0) + count
+            if any(count > room[index] for index, count in usage.items()):
                 continue
-            for index, count in usage:
+            for index, count in usage.items():
                 room[index] -= count
-            chosen.append(unit)
+            chosen.extend(block)
         return chosen
 
     def plan(self, units: torch.Tensor) -> list[tuple[Member, torch.Tensor]]:

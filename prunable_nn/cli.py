@@ -117,6 +117,10 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
     add("--flops-regularization", type=_nonnegative_float, default=DEFAULTS["flops_regularization"],
         metavar="LAMBDA", help="weight of the FLOPs penalty in the ranking: higher removes "
         "costly channels first, 0 ranks by the estimates alone (default: %(default)s)")
+    add("--round-to", type=_positive_int, default=DEFAULTS["round_to"], metavar="R",
+        help="every layer keeps a multiple of R channels, removed in blocks of R, as a CPU's "
+        "vector units want them (8 floats on AVX2, 16 on AVX-512); 1 removes channels one "
+        "by one; at most --max-to-prune (default: %(default)s)")
     add("--finetune-steps", type=_positive_int, default=DEFAULTS["finetune_steps"], metavar="S",
         help="training steps after the last prune (default: %(default)s)")
     add("--latency-batches", type=_positive_int, nargs="+", default=list(DEFAULTS["latency_batches"]),
@@ -125,6 +129,10 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
     add("--latency-time", type=_positive_float, default=DEFAULTS["latency_time"], metavar="SECONDS",
         help="seconds of timing per network and batch size, in 20 measurements that "
         "alternate between the two networks (default: %(default)s)")
+    add("--latency-threads", type=_positive_int, default=DEFAULTS["latency_threads"], metavar="N",
+        help="torch threads while compiling and timing the two networks; 1, as "
+        "torch.utils.benchmark times by default, gives the steadiest numbers on a small "
+        "shared machine (default: %(default)s)")
     add("--compile", action=argparse.BooleanOptionalAction, default=DEFAULTS["compile"],
         help="time both networks compiled by torch.compile (inductor, needs a C++ compiler), as a "
         "deployment runs them: no Python between operations, batch norm, ReLU and pooling fused; "
@@ -133,13 +141,20 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=DEFAULTS["seed"],
         help="seed of the weights, the data splits and the shuffling (default: %(default)s)")
     add("--threads", type=_positive_int, default=None, metavar="N",
-        help="CPU threads for torch, latency included (default: torch's own choice)")
+        help="CPU threads for torch while training and pruning (default: torch's own choice)")
     add("--no-progress", action="store_true",
         help="no progress bars (they are off anyway when stderr is not a terminal)")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Run the demo with the options of ``args``; torch's thread count is restored after."""
+    if args.round_to > args.max_to_prune:
+        print(
+            f"{PROG} demo: error: --round-to {args.round_to} is more than --max-to-prune {args.max_to_prune}: "
+            "channels go in blocks of --round-to",
+            file=sys.stderr,
+        )
+        return 2
     options = {name: getattr(args, name) for name in DEFAULTS if hasattr(args, name)}
     options["latency_batches"] = tuple(options["latency_batches"])
     config = DemoConfig(**options, progress=False if args.no_progress else None)

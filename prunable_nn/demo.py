@@ -11,7 +11,10 @@
    epochs with Adam.
 3. **prune** with :func:`prunable_nn.prune_loop` to ``FlopsTarget(target_flops)``: rounds of
    ``steps_per_round`` fine-tuning steps (which accumulate the Taylor estimates), then
-   ``prune(max_to_prune)``; one table row per round.
+   ``prune(max_to_prune)``; one table row per round. Every layer keeps a multiple of
+   ``round_to`` channels (``TaylorPruner(round_to=...)``): a CPU's convolution kernels work
+   on blocks of channels (8 floats on AVX2), and a layer of 15 or 29 channels can run slower
+   than one of 16 or 32.
 4. **fine-tune** the pruned network for ``finetune_steps`` more steps: the loop stops right
    after its last prune, the network's worst moment.
 5. **measure** both networks: test accuracy, FLOPs, parameters, and the CPU latency of their
@@ -21,7 +24,9 @@
    no Python between operations; batch norm, ReLU and pooling fused into fewer kernels).
    By default (``compile=None``) a copy that does not compile (inductor needs a C++
    compiler) is timed as it is, eagerly, and the output says so; ``compile=True`` makes that
-   an error, ``compile=False`` times the eager copies.
+   an error, ``compile=False`` times the eager copies. They are compiled and timed on
+   ``latency_threads`` torch threads (default 1, as ``torch.utils.benchmark`` times): on a
+   small shared machine a second thread's wake-ups make single-image timings wander.
 6. **write** into ``out_dir``: ``pruned.pt`` (:func:`prunable_nn.save_pruned`: data only,
    loads with ``torch.load(weights_only=True)``), ``history.csv`` (one line per round) and
    ``history.png`` (accuracy and parameters against FLOPs).
@@ -42,7 +47,7 @@ from . import data
 from .checkpoint import save_pruned
 from .export import to_torch
 from .flops import count_flops, count_parameters
-from .latency import compare_latency
+from .latency import compare_latency, torch_threads
 from .loop import FlopsTarget, History, Round, prune_loop
 from .module import PrunableModule
 from .plot import plot_history
@@ -77,9 +82,11 @@ class DemoConfig:
     steps_per_round: int = 30
     max_rounds: int | None = None
     flops_regularization: float = 0.01
+    round_to: int = 8  #: every chain keeps a multiple of this many channels (AVX2: 8 floats)
     finetune_steps: int = 400
     latency_batches: tuple[int, ...] = (1, 64)  #: images per timed forward pass, one column each
     latency_time: float = 2.0  #: seconds of timing per network and batch size
+    latency_threads: int = 1  #: torch threads of the timed copies (1: torch.utils.benchmark's default)
     compile: bool | None = None  #: time the copies compiled (None: when they compile, see step 5)
     seed: int = 0
     progress: bool | None = None  #: tqdm bars on stderr (None: when it is a terminal)
@@ -120,7 +127,9 @@ def run_demo(
     )
     torch.manual_seed(config.seed)
     model = build_network(config)
-    model.pruner = TaylorPruner(model, model.example_inputs(), flops_regularization=config.flops_regularization)
+    model.pruner = TaylorPruner(
+        model, model.example_inputs(), flops_regularization=config.flops_regularization, round_to=config.round_to
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
     val_loader, test_loader = make_loader(val_set, 1000), make_loader(test_set, 1000)
@@ -143,14 +152,15 @@ def run_demo(
 
     save_pruned(model, files[0])  # before the timing, which may fail to compile
     plot_history(history, files[2], title=network_name(config), finetuned_accuracy=finetuned_val)
-    timed_unpruned, timed_pruned, compiled = timed_copies(unpruned_copy, to_torch(model), config, say)
-    latency = {
-        batch: compare_latency(
-            timed_unpruned, timed_pruned, torch.zeros(batch, *IMAGE_SHAPE),
-            repeats=LATENCY_REPEATS, min_run_time=config.latency_time / LATENCY_REPEATS,
-        )
-        for batch in config.latency_batches
-    }
+    with torch_threads(config.latency_threads):
+        timed_unpruned, timed_pruned, compiled = timed_copies(unpruned_copy, to_torch(model), config, say)
+        latency = {
+            batch: compare_latency(
+                timed_unpruned, timed_pruned, torch.zeros(batch, *IMAGE_SHAPE),
+                repeats=LATENCY_REPEATS, min_run_time=config.latency_time / LATENCY_REPEATS,
+            )
+            for batch in config.latency_batches
+        }
     start = history[0]
     unpruned = Measurement(
         unpruned_test, start.flops, start.parameters, {batch: timing.first for batch, timing in latency.items()}
@@ -289,7 +299,8 @@ def summary(result: DemoResult, config: DemoConfig) -> list[str]:
         f"{'change':<10}  {100 * (after.test_accuracy - before.test_accuracy):>+5.2f} pt  "
         f"{after.flops / before.flops:>7.1%}  {after.parameters / before.parameters:>9.1%}"
         + "".join(f"  {result.speedups[batch]:>9.2f}x speed-up" for batch in batches),
-        f"latency: median of {LATENCY_REPEATS} alternating measurements of the plain-torch copies, "
+        f"latency: median of {LATENCY_REPEATS} alternating measurements of the plain-torch copies on "
+        f"{config.latency_threads} thread{'s' if config.latency_threads > 1 else ''}, "
         + ("compiled by torch.compile (inductor)" if result.compiled else "run eagerly (not compiled)"),
         f"wrote {', '.join(str(path) for path in result.files)} in {result.seconds:.0f} s",
         f"load it with: load_pruned({vgg_call(config)}, {str(result.files[0])!r})",

@@ -8,6 +8,8 @@ per block and reports the median time of one call.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,22 @@ def measure_latency(
             stmt="model(*inputs)", globals={"model": model, "inputs": inputs}, num_threads=threads
         )
         return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block on ``threads`` torch threads (``None``: the current number), and
+    restore the number after. ``torch.compile`` generates its CPU kernels for the number of
+    threads it compiles under, so compile and time a model in the same block."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

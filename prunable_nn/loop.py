@@ -195,6 +195,11 @@ def prune_loop(
     targets = _checked_targets(target)
     _check_positive("steps_per_round", steps_per_round)
     _check_positive("max_to_prune", max_to_prune)
+    if max_to_prune < pruner.round_to:
+        raise ValueError(
+            f"max_to_prune ({max_to_prune}) must be at least the pruner's round_to ({pruner.round_to}): "
+            "channels go in blocks of round_to"
+        )
     if max_rounds is not None:
         _check_positive("max_rounds", max_rounds)
     if pruner.model is not model:

@@ -18,7 +18,7 @@ import torch
 from idx_files import write_dataset
 
 from models import VGG
-from prunable_nn import cli, count_flops, count_parameters, load_pruned
+from prunable_nn import TaylorPruner, cli, count_flops, count_parameters, load_pruned
 from prunable_nn.demo import HEADER, DemoConfig
 
 ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+(-|[\d.]+)\s+\d+s$")
@@ -60,6 +60,11 @@ def tiny_vgg() -> VGG:
     return VGG("vgg11", 10, 1, 28, width=0.125, hidden=16)
 
 
+def units_left(model: VGG) -> int:
+    """The units the demo's pruner (channels in blocks of ``round_to``) could still remove."""
+    return TaylorPruner(model, model.example_inputs(), round_to=DemoConfig.round_to).num_prunables
+
+
 @pytest.fixture(scope="module")
 def demo_run(tiny_data, tmp_path_factory):
     """One end-to-end run on the tiny settings, shared by the tests that read its output
@@ -81,7 +86,7 @@ def test_demo_prunes_round_by_round_to_the_flops_target(demo_run):
     assert rows[0]["round"] == 0 and rows[0]["loss"] is None and rows[0]["flops"] == 100.0
     assert rows[0]["params"] == count_parameters(unpruned)
     assert rows[0]["mflops"] == pytest.approx(count_flops(unpruned, unpruned.example_inputs()) / 1e6, abs=0.006)
-    assert rows[0]["left"] == unpruned.num_prunables
+    assert rows[0]["left"] == units_left(unpruned)
     assert [row["round"] for row in rows] == list(range(len(rows))) and len(rows) >= 3
     for before, after in itertools.pairwise(rows):
         assert 1 <= before["left"] - after["left"] <= 8
@@ -117,7 +122,8 @@ def test_demo_summary_compares_the_two_networks(demo_run):
     # a batch of 64 takes longer than a single image
     assert float(unpruned[5]) > float(unpruned[4]) and float(pruned[5]) > float(pruned[4])
     assert summary[start + 4] == (
-        "latency: median of 20 alternating measurements of the plain-torch copies, run eagerly (not compiled)"
+        "latency: median of 20 alternating measurements of the plain-torch copies on 1 thread, run eagerly "
+        "(not compiled)"
     )
 
 
@@ -130,7 +136,7 @@ def test_demo_writes_a_model_that_loads_as_printed(demo_run):
     model = eval(LOAD.search(out)[1], {"VGG": VGG, "load_pruned": load_pruned})
     assert count_parameters(model) == rows[-1]["params"]
     assert count_flops(model, model.example_inputs()) / 1e6 == pytest.approx(rows[-1]["mflops"], abs=0.006)
-    assert model.num_prunables == rows[-1]["left"]
+    assert units_left(model) == rows[-1]["left"]
 
 
 def test_demo_writes_the_history_and_its_plot(demo_run):
@@ -191,6 +197,8 @@ def test_top_level_help_and_missing_command(capsys):
         (["--width", "inf"], "argument --width: expected a positive number, got inf"),
         (["--target-flops", "50"], "argument --target-flops: expected a fraction in (0, 1], got 50"),
         (["--target-flops", "0"], "argument --target-flops: expected a fraction in (0, 1], got 0"),
+        (["--round-to", "0"], "argument --round-to: expected a positive integer, got 0"),
+        (["--latency-threads", "0"], "argument --latency-threads: expected a positive integer, got 0"),
         (["--flops-regularization", "-1"], "argument --flops-regularization: expected a number >= 0, got -1"),
         (["--data", "/no/such/folder"], "argument --data: '/no/such/folder' is not a folder"),
         (["--frobnicate"], "unrecognized arguments: --frobnicate"),
@@ -202,6 +210,16 @@ def test_bad_options_exit_2_with_a_message(capsys, argv, message):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_round_to_above_max_to_prune_exits_2(capsys, tiny_data, tmp_path):
+    code, out, err = run(capsys, "demo", "--data", str(tiny_data), "--out", str(tmp_path / "out"), *TINY,
+                         "--round-to", "16")
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "prunable-nn demo: error: --round-to 16 is more than --max-to-prune 8: channels go in blocks of --round-to"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_folder_without_the_files_exits_1_with_install_hint(capsys, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from nets import one_torch_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
-from prunable_nn.latency import compare_latency, measure_latency
+from prunable_nn.latency import compare_latency, measure_latency, torch_threads
 
 
 def test_latency_is_a_positive_time_measured_in_eval_mode_and_modes_come_back():
@@ -68,3 +68,20 @@ def test_the_module_of_an_exported_program_is_timed_as_exported():
     assert 0 < measure_latency(exported, inputs, min_run_time=0.05, threads=1) < 1
     result = compare_latency(model, exported, inputs, repeats=2, min_run_time=0.02, threads=1)
     assert result.first > 0 and result.second > 0
+
+
+def test_torch_threads_sets_the_number_for_the_block_and_restores_it():
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_threads(2):
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        with torch_threads(0):
+            pass
+    assert torch.get_num_threads() == before

@@ -268,6 +268,7 @@ def test_bad_targets(make, message):
         ({"target": 0.5}, TypeError, "target must be a Target.* got 0.5"),
         ({"target": []}, TypeError, "got \\[\\]"),
         ({"other_model": True}, ValueError, "another model"),
+        ({"round_to": 4, "max_to_prune": 3}, ValueError, r"max_to_prune \(3\) must be at least the pruner's round_to \(4\)"),
     ],
 )
 def test_bad_arguments_raise_before_any_change(setup, options, error, message):
@@ -275,6 +276,7 @@ def test_bad_arguments_raise_before_any_change(setup, options, error, message):
     accumulate_estimates(setup.model, inputs[:32], labels[:32])  # a reset would show
     if options.pop("other_model", False):
         setup.pruner = TaylorPruner(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), EXAMPLE)
+    setup.pruner.round_to = options.pop("round_to", 1)
     before = snapshot(setup.model)
     optimizer_state = optimizer_snapshot(setup.optimizer)
     with pytest.raises(error, match=message):
