@@ -15,7 +15,7 @@ class PrunableModule(nn.Module):
 
     The pruner is made on first use, from the model's ``torch.fx`` graph traced with
     ``example_inputs()``, which a subclass defines. Set ``pruner`` to one of your own to
-    change its options (normalisation, FLOPs regularisation).
+    change its options (normalisation, FLOPs regularisation, rounding).
     """
 
     #: TorchScript must not compile these (it reads every attribute of a module it scripts).

@@ -163,7 +163,8 @@ class TaylorPruner:
         """The chains, their sizes and layers, and what cannot be removed and why."""
         lines = [
             f"TaylorPruner({type(self.model).__name__}: {len(self.chains)} chains, "
-            f"{self.num_prunables} prunable units)"
+            f"{self.num_prunables} prunable units"
+            + (f", removed in blocks of {self.round_to} per chain)" if self.round_to > 1 else ")")
         ]
         for chain in self.chains:
             producers = ", ".join(layer.name_in_model for layer in chain.producers)

@@ -159,6 +159,9 @@ def test_a_chain_narrower_than_round_to_stays_and_is_not_counted():
     removals = pruner.prune(100)
     assert [(removal.chain, removal.indices) for removal in removals] == [("2", (0, 1, 2, 3, 4, 5))]
     assert [chain.num_channels for chain in pruner.chains] == [3, 4]
+    assert pruner.report().splitlines()[0] == (
+        "TaylorPruner(Sequential: 2 chains, 0 prunable units, removed in blocks of 4 per chain)"
+    )
 
 
 @pytest.mark.parametrize("round_to", [0, -8, 2.0, True, "8", None])
