@@ -1,0 +1,145 @@
+"""Pruning under torch.distributed: two gloo ranks on the CPU, each a subprocess started
+here (tests/distributed_worker.py) and bounded in time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from distributed_worker import (
+    MAX_TO_PRUNE,
+    PER_RANK,
+    ROUNDS,
+    STEPS,
+    LR,
+    global_batches,
+    make_pruner,
+    network,
+    run_rounds,
+)
+
+from prunable_nn import rewrap
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+ROOT = WORKER.parent.parent
+WORLD = 2
+BOUND = 90  # seconds for all ranks of one test
+
+
+def run_ranks(mode: str, tmp_path: Path, timeout: float = 60.0, expect_exit: dict[int, int] | None = None) -> list[dict]:
+    """Start WORLD ranks of ``mode``; wait for rank 0 (and the others unless they are meant to
+    fail), kill whatever is left after BOUND seconds; return the ranks' results."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(WORKER.parent)])}
+    env.pop("MASTER_ADDR", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), mode, str(rank), str(WORLD), str(tmp_path / "init"), str(tmp_path), str(timeout)],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in range(WORLD)
+    ]
+    deadline = time.monotonic() + BOUND
+    logs = []
+    try:
+        for rank, proc in enumerate(procs):
+            if expect_exit is not None and rank in expect_exit and expect_exit[rank] is None:
+                continue  # a stalled rank: killed below
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            logs.append(out)
+            wanted = 0 if expect_exit is None else expect_exit.get(rank, 0)
+            assert proc.returncode == wanted, f"rank {rank} exited with {proc.returncode}:\n{out}"
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the ranks of '{mode}' did not finish within {BOUND} s")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results = []
+    for rank in range(WORLD):
+        path = tmp_path / f"rank{rank}.pt"
+        results.append(torch.load(path, weights_only=False) if path.exists() else None)
+    return results
+
+
+def single_process_reference() -> tuple[list, list[dict]]:
+    """The same rounds in one process on the concatenated batches of all ranks."""
+    model = network()
+    pruner = make_pruner(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    states: list[dict] = []
+    removed = run_rounds(
+        model, lambda: model, optimizer, pruner, global_batches(WORLD, ROUNDS * STEPS), lambda x, y: (x, y),
+        lambda: states.append({k: v.clone() for k, v in model.state_dict().items()}),
+    )
+    return removed, states
+
+
+def test_ranks_prune_the_channels_of_all_their_data(tmp_path):
+    """Different data per rank, ROUNDS rounds of fine-tuning and pruning with DDP re-wrapped
+    after each: both ranks hold identical parameters after every round, and remove the
+    channels one process removes from the concatenated batches."""
+    results = run_ranks("rounds", tmp_path)
+    removed, states = single_process_reference()
+    assert all(removed), "every round removes something"
+    for rank, result in enumerate(results):
+        assert result["removed"] == removed, f"rank {rank}"
+    for round_, (first, second, reference) in enumerate(zip(results[0]["states"], results[1]["states"], states)):
+        assert first.keys() == reference.keys()
+        for name in first:
+            assert torch.equal(first[name], second[name]), f"round {round_}: {name} differs between the ranks"
+            torch.testing.assert_close(first[name], reference[name], rtol=1e-4, atol=1e-5, msg=f"round {round_}: {name}")
+    assert sum(len(indices) for _, indices in removed[0]) == MAX_TO_PRUNE
+
+
+def test_prune_loop_under_ddp(tmp_path):
+    """prune_loop with the DDP wrapper and a DistributedSampler: every rank measures the same
+    rows, ends with the same parameters, and trains on after rewrap()."""
+    first, second = run_ranks("loop", tmp_path)
+    assert first["history"] == second["history"]
+    assert len(first["history"]) >= 3  # row 0 and at least two rounds (ChannelsTarget(6), 3 a round)
+    assert first["history"][-1][1] < first["history"][0][1]
+    for name, value in first["states"][0].items():
+        assert torch.equal(value, second["states"][0][name]), name
+
+
+def test_disagreeing_ranks_raise_and_change_nothing(tmp_path):
+    """Random scores seeded per rank choose different channels: every rank raises, names the
+    problem, and its model is as it was."""
+    for rank, result in enumerate(run_ranks("disagree", tmp_path)):
+        assert "chose different channels" in result["error"], f"rank {rank}"
+        assert "rank 0:" in result["error"] and "rank 1:" in result["error"]
+        assert result["unchanged"], f"rank {rank}"
+
+
+@pytest.mark.parametrize("mode", ["die", "stall"])
+def test_a_failed_rank_does_not_hang_the_others(tmp_path, mode):
+    """Rank 1 crashes (or stalls) before prune(): rank 0 gets a clear error within the
+    process group's timeout instead of waiting forever."""
+    timeout = 3.0
+    results = run_ranks(mode, tmp_path, timeout=timeout, expect_exit={1: 3 if mode == "die" else None})
+    first = results[0]
+    assert results[1] is None
+    assert "rank 0 of 2" in first["error"] and "prune()" in first["error"], first["error"]
+    assert "did another rank fail" in first["error"]
+    assert first["waited"] < timeout + 20
+
+
+def test_single_process_is_unchanged():
+    """Without a process group prune() does not touch torch.distributed."""
+    assert not dist.is_initialized()
+    removed, _ = single_process_reference()
+    assert len(removed) == ROUNDS
+
+
+def test_rewrap_needs_ddp_and_a_sliced_optimizer():
+    with pytest.raises(TypeError, match="DistributedDataParallel"):
+        rewrap(network())
