@@ -8,6 +8,7 @@ Every rank builds the same network (seed 0) and takes its own slice of every glo
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from prunable_nn import ChannelsTarget, RandomScores, TaylorPruner, prune_loop, rewrap
-from prunable_nn.distributed import DistributedPruningError
+from prunable_nn.distributed import DistributedPruningError, reduced_estimates
 
 EXAMPLE_SHAPE = (2, 8, 8)
 PER_RANK = 6  # examples of each rank in one step
@@ -61,13 +62,24 @@ def step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tenso
     optimizer.step()
 
 
-def run_rounds(model, train, optimizer, pruner, batches, take, after_prune=lambda: None):
+def estimates(pruner: TaylorPruner) -> list[torch.Tensor]:
+    """The estimates that prune() ranks: under a process group, those of all ranks."""
+    layers = list(dict.fromkeys(member.layer for member in pruner.estimator_members))
+    context = reduced_estimates(layers, pruner.criterion.gradient_power) if dist.is_initialized() else contextlib.nullcontext()
+    with context:
+        return [layer.taylor_estimates.clone() for layer in layers]
+
+
+def run_rounds(model, train, optimizer, pruner, batches, take, after_prune=lambda: None, seen=None):
     """ROUNDS rounds of STEPS steps then prune(MAX_TO_PRUNE); ``take`` picks this process's
-    part of a global batch. Returns each round's removals (chain, original indices)."""
+    part of a global batch. Returns each round's removals (chain, original indices); the
+    estimates ranked in each round are appended to ``seen``."""
     removed = []
     for round_ in range(ROUNDS):
         for images, labels in batches[round_ * STEPS : (round_ + 1) * STEPS]:
             step(train(), optimizer, *take(images, labels))
+        if seen is not None:
+            seen.append(estimates(pruner))
         removals = pruner.prune(MAX_TO_PRUNE, optimizer=optimizer)
         removed.append(sorted((r.chain, r.original_indices) for r in removals))
         after_prune()
@@ -95,8 +107,10 @@ def main() -> None:
             holder["ddp"] = rewrap(holder["ddp"], optimizer)
             result.setdefault("states", []).append({k: v.clone() for k, v in model.state_dict().items()})
 
+        result["estimates"] = []
         result["removed"] = run_rounds(
-            model, lambda: holder["ddp"], optimizer, pruner, batches, lambda x, y: (x[mine], y[mine]), after_prune
+            model, lambda: holder["ddp"], optimizer, pruner, batches, lambda x, y: (x[mine], y[mine]), after_prune,
+            result["estimates"],
         )
     elif mode == "loop":
         dataset = TensorDataset(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))

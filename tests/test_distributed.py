@@ -70,17 +70,19 @@ def run_ranks(mode: str, tmp_path: Path, timeout: float = 60.0, expect_exit: dic
     return results
 
 
-def single_process_reference() -> tuple[list, list[dict]]:
-    """The same rounds in one process on the concatenated batches of all ranks."""
+def single_process_reference() -> tuple[list, list[dict], list]:
+    """The same rounds in one process on the concatenated batches of all ranks: removals,
+    parameters after each round, estimates ranked in each round."""
     model = network()
     pruner = make_pruner(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     states: list[dict] = []
+    seen: list = []
     removed = run_rounds(
         model, lambda: model, optimizer, pruner, global_batches(WORLD, ROUNDS * STEPS), lambda x, y: (x, y),
-        lambda: states.append({k: v.clone() for k, v in model.state_dict().items()}),
+        lambda: states.append({k: v.clone() for k, v in model.state_dict().items()}), seen,
     )
-    return removed, states
+    return removed, states, seen
 
 
 def test_ranks_prune_the_channels_of_all_their_data(tmp_path):
@@ -88,8 +90,12 @@ def test_ranks_prune_the_channels_of_all_their_data(tmp_path):
     after each: both ranks hold identical parameters after every round, and remove the
     channels one process removes from the concatenated batches."""
     results = run_ranks("rounds", tmp_path)
-    removed, states = single_process_reference()
+    removed, states, seen = single_process_reference()
     assert all(removed), "every round removes something"
+    for rank, result in enumerate(results):  # the means over all examples, the gradient of the mean loss
+        for round_, (ranked, reference) in enumerate(zip(result["estimates"], seen)):
+            for layer, (value, expected) in enumerate(zip(ranked, reference)):
+                torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-9, msg=f"rank {rank} round {round_} estimator {layer}")
     for rank, result in enumerate(results):
         assert result["removed"] == removed, f"rank {rank}"
     for round_, (first, second, reference) in enumerate(zip(results[0]["states"], results[1]["states"], states)):
@@ -136,7 +142,7 @@ def test_a_failed_rank_does_not_hang_the_others(tmp_path, mode):
 def test_single_process_is_unchanged():
     """Without a process group prune() does not touch torch.distributed."""
     assert not dist.is_initialized()
-    removed, _ = single_process_reference()
+    removed, _, _ = single_process_reference()
     assert len(removed) == ROUNDS
 
 
