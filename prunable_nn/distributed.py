@@ -172,8 +172,11 @@ def rewrap(
     made; ``prune()`` shrinks parameters in place (same ``nn.Parameter`` objects, new tensors),
     so the old wrapper must not be used again: train with the one returned. The new wrapper
     broadcasts rank 0's parameters and buffers, as DDP does when it is made (after a prune
-    that the ranks agreed on they are equal anyway). ``overrides`` replace settings
-    (``find_unused_parameters=True``, say).
+    that the ranks agreed on they are equal anyway). The settings copied are ``device_ids``,
+    ``output_device``, ``dim``, ``broadcast_buffers``, ``process_group``, ``bucket_cap_mb``,
+    ``find_unused_parameters``, ``gradient_as_bucket_view`` and ``static_graph``;
+    ``overrides`` replace them or add others (``find_unused_parameters=True``, say). A
+    communication hook (``register_comm_hook``) must be registered on the new wrapper again.
 
     The optimizer needs no rebuilding: it holds the same parameter objects, and
     ``prune(optimizer=...)`` sliced their state. With ``optimizer``, that is checked:
@@ -190,13 +193,14 @@ def rewrap(
         "device_ids": ddp_model.device_ids,
         "output_device": ddp_model.output_device,
         "dim": ddp_model.dim,
-        "broadcast_buffers": ddp_model.broadcast_buffers,
         "process_group": ddp_model.process_group,
         "bucket_cap_mb": ddp_model.bucket_bytes_cap / (1024 * 1024),
         "find_unused_parameters": ddp_model.find_unused_parameters,
         "gradient_as_bucket_view": ddp_model.gradient_as_bucket_view,
         "static_graph": ddp_model.static_graph,
     }
+    if not ddp_model.broadcast_buffers:  # the default (True) is not passed: newer torch deprecates the name
+        settings["broadcast_buffers"] = False
     settings.update(overrides)
     return DistributedDataParallel(module, **settings)
 

@@ -9,6 +9,7 @@ Every rank builds the same network (seed 0) and takes its own slice of every glo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import os
 import sys
@@ -145,6 +146,24 @@ def main() -> None:
         except DistributedPruningError as error:
             result["error"] = str(error)
         result["waited"] = time.monotonic() - started
+    elif mode == "demo":
+        from test_demo import band_images
+
+        from prunable_nn import demo as demo_module
+        from prunable_nn.demo import DemoConfig, run_demo
+
+        built: list[nn.Module] = []  # the demo's network, to compare the ranks' parameters
+        build = demo_module.build_network
+        demo_module.build_network = lambda config: built.append(build(config)) or built[-1]
+        config = DemoConfig(
+            out_dir=out_dir / "demo", width=0.125, hidden=16, batch_size=8, steps_per_round=2, max_to_prune=8,
+            target_flops=0.8, finetune_steps=3, latency_batches=(1,), latency_time=0.01, compile=False, progress=False,
+        )
+        lines: list[str] = []
+        demo = run_demo(config, (band_images(64, 0), band_images(32, 1), band_images(32, 2)), say=lines.append)
+        result["lines"] = lines
+        result["returned"] = None if demo is None else [tuple(row) for row in map(dataclasses.astuple, demo.history)]
+        result["states"] = [{k: v.detach().clone() for k, v in built[0].named_parameters()}]  # buffers: rank 0 broadcasts them at the next forward
     else:
         raise SystemExit(f"unknown mode {mode}")
     torch.save(result, out_dir / f"rank{rank}.pt")

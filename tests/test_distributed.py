@@ -149,3 +149,16 @@ def test_single_process_is_unchanged():
 def test_rewrap_needs_ddp_and_a_sliced_optimizer():
     with pytest.raises(TypeError, match="DistributedDataParallel"):
         rewrap(network())
+
+
+def test_the_demo_runs_data_parallel(tmp_path):
+    """run_demo on two ranks: the same pruned network on both, only rank 0 reports and writes."""
+    first, second = run_ranks("demo", tmp_path)
+    assert first["returned"] is not None and second["returned"] is None
+    assert second["lines"] == [] and any("FLOPs" in line for line in first["lines"])
+    assert len(first["returned"]) >= 2  # row 0 and at least one round
+    assert sorted(path.name for path in (tmp_path / "demo").iterdir()) == ["history.csv", "history.png", "pruned.pt"]
+    for name, value in first["states"][0].items():
+        assert torch.equal(value, second["states"][0][name]), name
+    rows = first["returned"]
+    assert rows[-1][3] < rows[0][3]  # fewer parameters: the rounds pruned
