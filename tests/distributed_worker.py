@@ -32,12 +32,12 @@ PER_RANK = 6  # examples of each rank in one step
 ROUNDS, STEPS, MAX_TO_PRUNE, LR = 3, 2, 3, 0.05
 
 
-def network() -> nn.Sequential:
+def network(width: int = 6) -> nn.Sequential:
     """A small network without batch norm: per-example gradients do not depend on the batch."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(2, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 8, 3, padding=1), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 3),
     )
@@ -67,8 +67,12 @@ def estimates(pruner: TaylorPruner) -> list[torch.Tensor]:
     """The estimates that prune() ranks: under a process group, those of all ranks."""
     layers = list(dict.fromkeys(member.layer for member in pruner.estimator_members))
     context = reduced_estimates(layers, pruner.criterion.gradient_power) if dist.is_initialized() else contextlib.nullcontext()
+    local = [(layer.examples_seen, layer._taylor_sum.clone()) for layer in layers]
     with context:
-        return [layer.taylor_estimates.clone() for layer in layers]
+        ranked = [layer.taylor_estimates.clone() for layer in layers]
+    for layer, (count, sums) in zip(layers, local):  # each layer holds its own sums and counts again
+        assert layer.examples_seen == count and torch.equal(layer._taylor_sum, sums), layer.name_in_model
+    return ranked
 
 
 def run_rounds(model, train, optimizer, pruner, batches, take, after_prune=lambda: None, seen=None):
@@ -95,15 +99,19 @@ def main() -> None:
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
         timeout=datetime.timedelta(seconds=timeout),
     )
-    model = network()
-    pruner = make_pruner(model, **({"criterion": RandomScores(seed=rank)} if mode == "disagree" else {}))
-    holder = {"ddp": DistributedDataParallel(model)}
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     batches = global_batches(world, ROUNDS * STEPS)
     mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
     result: dict = {"rank": rank}
 
-    if mode == "rounds":
+    def setup(width: int = 6, wrap: bool = True, **options):
+        model = network(width)
+        pruner = make_pruner(model, **options)
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+        return model, pruner, optimizer, {"ddp": DistributedDataParallel(model) if wrap else model}
+
+    if mode == "rounds":  # then the same rounds through prune_loop, in the same processes
+        model, pruner, optimizer, holder = setup()
+
         def after_prune() -> None:
             holder["ddp"] = rewrap(holder["ddp"], optimizer)
             result.setdefault("states", []).append({k: v.clone() for k, v in model.state_dict().items()})
@@ -113,7 +121,8 @@ def main() -> None:
             model, lambda: holder["ddp"], optimizer, pruner, batches, lambda x, y: (x[mine], y[mine]), after_prune,
             result["estimates"],
         )
-    elif mode == "loop":
+
+        model, pruner, optimizer, holder = setup()
         dataset = TensorDataset(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=0)
         train_loader = DataLoader(dataset, batch_size=PER_RANK, sampler=sampler)
@@ -124,9 +133,10 @@ def main() -> None:
         )
         ddp = rewrap(holder["ddp"], optimizer)  # and train on with DDP
         step(ddp, optimizer, batches[0][0][mine], batches[0][1][mine])
-        result["history"] = [(r.round, r.units_left, r.parameters, r.flops, r.accuracy, r.train_loss) for r in history]
-        result["states"] = [{k: v.clone() for k, v in model.state_dict().items()}]
-    elif mode == "disagree":
+        result["loop_history"] = [(r.round, r.units_left, r.parameters, r.flops, r.accuracy, r.train_loss) for r in history]
+        result["loop_state"] = {k: v.clone() for k, v in model.state_dict().items()}
+    elif mode == "disagree":  # then networks that differ, in the same processes
+        model, pruner, optimizer, holder = setup(criterion=RandomScores(seed=rank))
         step(holder["ddp"], optimizer, batches[0][0][mine], batches[0][1][mine])
         before = {k: v.clone() for k, v in model.state_dict().items()}
         try:
@@ -134,7 +144,15 @@ def main() -> None:
         except DistributedPruningError as error:
             result["error"] = str(error)
         result["unchanged"] = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+        model, pruner, optimizer, _ = setup(7 if rank == 1 else 6, wrap=False)  # rank 1: 7 channels in the first layer
+        step(model, optimizer, batches[0][0][mine], batches[0][1][mine])
+        try:
+            pruner.prune(MAX_TO_PRUNE, optimizer=optimizer)
+        except DistributedPruningError as error:
+            result["mismatch_error"] = str(error)
     elif mode in ("die", "stall"):
+        model, pruner, optimizer, holder = setup()
         step(holder["ddp"], optimizer, batches[0][0][mine], batches[0][1][mine])
         if rank == 1:
             if mode == "die":

@@ -22,7 +22,10 @@ from distributed_worker import (
     make_pruner,
     network,
     run_rounds,
+    step,
 )
+
+from torch.nn.parallel import DistributedDataParallel
 
 from prunable_nn import rewrap
 
@@ -85,11 +88,21 @@ def single_process_reference() -> tuple[list, list[dict], list]:
     return removed, states, seen
 
 
-def test_ranks_prune_the_channels_of_all_their_data(tmp_path):
+@pytest.fixture(scope="module")
+def rounds(tmp_path_factory) -> list[dict]:
+    return run_ranks("rounds", tmp_path_factory.mktemp("rounds"))
+
+
+@pytest.fixture(scope="module")
+def disagreeing(tmp_path_factory) -> list[dict]:
+    return run_ranks("disagree", tmp_path_factory.mktemp("disagree"))
+
+
+def test_ranks_prune_the_channels_of_all_their_data(rounds):
     """Different data per rank, ROUNDS rounds of fine-tuning and pruning with DDP re-wrapped
     after each: both ranks hold identical parameters after every round, and remove the
     channels one process removes from the concatenated batches."""
-    results = run_ranks("rounds", tmp_path)
+    results = rounds
     removed, states, seen = single_process_reference()
     assert all(removed), "every round removes something"
     for rank, result in enumerate(results):  # the means over all examples, the gradient of the mean loss
@@ -106,24 +119,29 @@ def test_ranks_prune_the_channels_of_all_their_data(tmp_path):
     assert sum(len(indices) for _, indices in removed[0]) == MAX_TO_PRUNE
 
 
-def test_prune_loop_under_ddp(tmp_path):
+def test_prune_loop_under_ddp(rounds):
     """prune_loop with the DDP wrapper and a DistributedSampler: every rank measures the same
     rows, ends with the same parameters, and trains on after rewrap()."""
-    first, second = run_ranks("loop", tmp_path)
-    assert first["history"] == second["history"]
-    assert len(first["history"]) >= 3  # row 0 and at least two rounds (ChannelsTarget(6), 3 a round)
-    assert first["history"][-1][1] < first["history"][0][1]
-    for name, value in first["states"][0].items():
-        assert torch.equal(value, second["states"][0][name]), name
+    first, second = rounds
+    assert first["loop_history"] == second["loop_history"]
+    assert len(first["loop_history"]) >= 3  # row 0 and at least two rounds (ChannelsTarget(6), 3 a round)
+    assert first["loop_history"][-1][1] < first["loop_history"][0][1]
+    for name, value in first["loop_state"].items():
+        assert torch.equal(value, second["loop_state"][name]), name
 
 
-def test_disagreeing_ranks_raise_and_change_nothing(tmp_path):
+def test_disagreeing_ranks_raise_and_change_nothing(disagreeing):
     """Random scores seeded per rank choose different channels: every rank raises, names the
     problem, and its model is as it was."""
-    for rank, result in enumerate(run_ranks("disagree", tmp_path)):
+    for rank, result in enumerate(disagreeing):
         assert "chose different channels" in result["error"], f"rank {rank}"
         assert "rank 0:" in result["error"] and "rank 1:" in result["error"]
         assert result["unchanged"], f"rank {rank}"
+
+
+def test_ranks_whose_networks_differ_get_an_error(disagreeing):
+    for rank, result in enumerate(disagreeing):
+        assert "the ranks' models differ" in result["mismatch_error"], f"rank {rank}"
 
 
 @pytest.mark.parametrize("mode", ["die", "stall"])
@@ -146,9 +164,46 @@ def test_single_process_is_unchanged():
     assert len(removed) == ROUNDS
 
 
-def test_rewrap_needs_ddp_and_a_sliced_optimizer():
+@pytest.fixture
+def world_of_one():
+    """A gloo process group of one rank, in this process."""
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_rewrap_keeps_the_optimizer_and_the_settings(world_of_one):
+    model = network()
+    pruner = make_pruner(model)
+    ddp = DistributedDataParallel(model, find_unused_parameters=True, bucket_cap_mb=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    images, labels = global_batches(1, 1)[0]
+    step(ddp, optimizer, images, labels)
+    pruner.prune(MAX_TO_PRUNE, optimizer=optimizer)
+    before = list(model.parameters())
+    ddp = rewrap(ddp, optimizer)
+    assert ddp.module is model and ddp.find_unused_parameters and ddp.bucket_bytes_cap == 1024 * 1024
+    assert list(model.parameters()) == before  # the same objects, which the optimizer holds
+    step(ddp, optimizer, images, labels)  # trains on, momentum in the new shapes
+    for param in model.parameters():
+        assert optimizer.state[param]["momentum_buffer"].shape == param.shape
+
+
+def test_rewrap_refuses_an_optimizer_whose_state_was_not_sliced(world_of_one):
+    model = network()
+    pruner = make_pruner(model)
+    ddp = DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    step(ddp, optimizer, *global_batches(1, 1)[0])
+    pruner.prune(MAX_TO_PRUNE)  # without the optimizer
+    with pytest.raises(ValueError, match=r"momentum_buffer.*pass the optimizer to prune"):
+        rewrap(ddp, optimizer)
+    with pytest.raises(ValueError, match="does not hold parameter"):
+        rewrap(ddp, torch.optim.SGD(list(model.parameters())[:1], lr=LR))
     with pytest.raises(TypeError, match="DistributedDataParallel"):
-        rewrap(network())
+        rewrap(model)
 
 
 def test_the_demo_runs_data_parallel(tmp_path):
