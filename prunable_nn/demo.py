@@ -170,7 +170,8 @@ def run_demo(
     unpruned_test = evaluate(model, test_loader, progress=config.progress)
     unpruned_copy = to_torch(model)
 
-    history = prune_with_table(trained, optimizer, train_loader, val_loader, config, files[1] if main_rank else None, say)
+    csv_path = files[1] if main_rank else None
+    history = prune_with_table(trained, optimizer, train_loader, val_loader, config, csv_path, say)
     if isinstance(trained, DistributedDataParallel):
         trained = rewrap(trained, optimizer)  # the loop's prunes changed the shapes
     loss = train_steps(

@@ -99,7 +99,9 @@ def reduced_estimates(
     sizes = [layer._num_estimated_channels() for layer in layers]
     total = sum(sizes) + len(layers)
     bounds = torch.tensor([total, -total], dtype=torch.float64, device=device)
-    _collective("prune(): comparing the models' sizes", lambda: dist.all_reduce(bounds, dist.ReduceOp.MAX, group=group), group)
+    _collective(
+        "prune(): comparing the models' sizes", lambda: dist.all_reduce(bounds, dist.ReduceOp.MAX, group=group), group
+    )
     if bounds[0].item() != total or -bounds[1].item() != total:
         raise DistributedPruningError(
             f"prune() on rank {dist.get_rank(group)}: the ranks' models differ, {total} channels and estimators "
@@ -218,13 +220,16 @@ def _check_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer) -> Non
                 )
 
 
-def all_reduce_mean(values: Sequence[float], weights: Sequence[float] | None = None, group: ProcessGroup | None = None) -> list[float]:
+def all_reduce_mean(
+    values: Sequence[float], weights: Sequence[float] | None = None, group: ProcessGroup | None = None
+) -> list[float]:
     """``values`` averaged over the ranks (weighted by ``weights`` when given), the same on
     every rank: :func:`prunable_nn.prune_loop` reduces its measurements with it so that every
     rank decides to stop at the same round."""
     weights = [1.0] * len(values) if weights is None else list(weights)
     device = _device([], group)
     flat = torch.tensor([*(v * w for v, w in zip(values, weights)), *weights], dtype=torch.float64, device=device)
-    _collective("prune_loop(): the all-reduce of the round's measurements", lambda: dist.all_reduce(flat, group=group), group)
+    what = "prune_loop(): the all-reduce of the round's measurements"
+    _collective(what, lambda: dist.all_reduce(flat, group=group), group)
     n = len(values)
     return [float(flat[i] / flat[n + i]) for i in range(n)]

@@ -181,7 +181,8 @@ def main() -> None:
         demo = run_demo(config, (band_images(64, 0), band_images(32, 1), band_images(32, 2)), say=lines.append)
         result["lines"] = lines
         result["returned"] = None if demo is None else [tuple(row) for row in map(dataclasses.astuple, demo.history)]
-        result["states"] = [{k: v.detach().clone() for k, v in built[0].named_parameters()}]  # buffers: rank 0 broadcasts them at the next forward
+        # parameters only: DDP broadcasts rank 0's buffers at the start of the next forward
+        result["states"] = [{k: v.detach().clone() for k, v in built[0].named_parameters()}]
     else:
         raise SystemExit(f"unknown mode {mode}")
     torch.save(result, out_dir / f"rank{rank}.pt")
