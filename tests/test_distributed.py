@@ -217,3 +217,29 @@ def test_the_demo_runs_data_parallel(tmp_path):
         assert torch.equal(value, second["states"][0][name]), name
     rows = first["returned"]
     assert rows[-1][3] < rows[0][3]  # fewer parameters: the rounds pruned
+
+
+def test_torchrun_runs_the_demo_command(tmp_path):
+    """`torchrun --nproc_per_node=2 -m prunable_nn demo`: one table, written once."""
+    from idx_files import write_dataset
+
+    write_dataset(tmp_path / "idx", train_size=160, test_size=40)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("no torchrun next to the interpreter")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [
+        str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "prunable_nn", "demo",
+        "--data", str(tmp_path / "idx"), "--out", str(tmp_path / "out"), "--width", "0.125", "--hidden", "16",
+        "--batch-size", "16", "--val-size", "40", "--steps-per-round", "2", "--max-to-prune", "8",
+        "--finetune-steps", "2", "--target-flops", "0.9", "--latency-batches", "1", "--latency-time", "0.01",
+        "--no-compile", "--no-progress",
+    ]
+    try:
+        done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=BOUND)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"torchrun did not finish within {BOUND} s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("round  units left") == 1  # rank 0 only
+    assert "reached in round" in done.stdout
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["history.csv", "history.png", "pruned.pt"]
