@@ -5,6 +5,7 @@ from .checkpoint import load_pruned, save_pruned
 from .convert import convert
 from .criteria import APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor
 from .data import digits, fashion_mnist, mnist, read_idx
+from .distributed import DistributedPruningError, rewrap
 from .export import to_torch
 from .flops import count_flops, count_parameters
 from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
@@ -31,6 +32,7 @@ __all__ = [
     "ChannelsTarget",
     "Consumer",
     "Criterion",
+    "DistributedPruningError",
     "FlopsTarget",
     "History",
     "MinWeight",
@@ -57,6 +59,7 @@ __all__ = [
     "mnist",
     "prune_loop",
     "read_idx",
+    "rewrap",
     "save_pruned",
     "to_torch",
     "train_epoch",

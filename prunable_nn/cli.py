@@ -3,18 +3,24 @@
 ``demo`` runs :func:`prunable_nn.demo.run_demo`: a VGG-11 trained on Fashion-MNIST, pruned
 with fine-tuning to a FLOPs target, measured before and after, and written to a folder. The
 table and the summary go to stdout, progress bars to stderr.
+
+Under ``torchrun --nproc_per_node=N -m prunable_nn demo ...`` (``WORLD_SIZE`` > 1 in the
+environment) the demo joins a gloo process group of the N ranks and runs data parallel
+(:mod:`prunable_nn.demo`); only rank 0 prints and writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from . import data
 from .demo import (
@@ -164,6 +170,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         print(f"{PROG} demo: error: {error}", file=sys.stderr)
         return 1
     threads = torch.get_num_threads()
+    joined = _join_torchrun_group()
     try:
         if args.threads is not None:
             torch.set_num_threads(args.threads)
@@ -173,7 +180,18 @@ def run_demo_command(args: argparse.Namespace) -> int:
         return 1
     finally:
         torch.set_num_threads(threads)
+        if joined:
+            dist.destroy_process_group()
     return 0
+
+
+def _join_torchrun_group() -> bool:
+    """Under torchrun (``WORLD_SIZE`` > 1), join its process group (gloo: the demo runs on the
+    CPU); whether this call joined it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    dist.init_process_group("gloo")
+    return True
 
 
 def _positive_int(text: str) -> int:

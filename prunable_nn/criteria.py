@@ -59,6 +59,10 @@ class Criterion:
     #: Per-example statistic the estimator layers record, or None for a criterion that
     #: needs no recording (the pruner then switches the layers' recording off).
     statistic: Statistic | None = None
+    #: Power ``p`` of the loss gradient in the statistic (1 for Taylor's ``|a * dL/da|``, 0
+    #: for the activation's own statistics); under ``torch.distributed`` the all-reduced
+    #: estimates are divided by ``world_size ** p`` (:mod:`prunable_nn.distributed`).
+    gradient_power: int = 0
 
     def member_values(self, pruner: TaylorPruner) -> MemberValues:
         raise NotImplementedError
@@ -79,6 +83,7 @@ class Taylor(RecordedStatistic):
 
     name = "Taylor"
     statistic = staticmethod(taylor_criterion)
+    gradient_power = 1
 
 
 def _positions(values: torch.Tensor, channel_dim: int) -> torch.Tensor:

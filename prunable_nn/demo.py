@@ -30,6 +30,14 @@
 6. **write** into ``out_dir``: ``pruned.pt`` (:func:`prunable_nn.save_pruned`: data only,
    loads with ``torch.load(weights_only=True)``), ``history.csv`` (one line per round) and
    ``history.png`` (accuracy and parameters against FLOPs).
+
+Under ``torchrun --nproc_per_node=N`` (an initialised process group of N ranks, see
+:mod:`prunable_nn.cli`) the same job runs data parallel: every rank trains the same network
+wrapped in ``DistributedDataParallel`` on its own shard of the training set (a
+``DistributedSampler``: ``batch_size`` images per rank and step), the rounds prune the
+channels ranked by all ranks' estimates (:mod:`prunable_nn.distributed`), and the wrapper is
+rebuilt after every prune. Every rank measures on the whole validation and test sets; only
+rank 0 reports, writes the files and times the copies (the other ranks return ``None``).
 """
 
 from __future__ import annotations
@@ -41,10 +49,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 from . import data
 from .checkpoint import save_pruned
+from .distributed import is_distributed, rewrap
 from .export import to_torch
 from .flops import count_flops, count_parameters
 from .latency import compare_latency, torch_threads
@@ -116,10 +127,17 @@ class DemoResult:
 
 def run_demo(
     config: DemoConfig, splits: Splits | None = None, say: Callable[[str], None] = print
-) -> DemoResult:
+) -> DemoResult | None:
     """Run the demo (see the module docstring) on ``splits`` (default:
-    :func:`load_splits`), reporting progress through ``say``, one line per call."""
+    :func:`load_splits`), reporting progress through ``say``, one line per call.
+
+    Under an initialised process group of more than one rank, it runs data parallel; ranks
+    other than 0 say nothing, write nothing and return ``None``."""
     started = time.perf_counter()
+    distributed = is_distributed()
+    main_rank = not distributed or torch.distributed.get_rank() == 0
+    if not main_rank:
+        say = _silent
     train_set, val_set, test_set = load_splits(config) if splits is None else splits
     say(
         f"{network_name(config)}: {len(train_set)} training, {len(val_set)} validation and "
@@ -131,24 +149,41 @@ def run_demo(
         model, model.example_inputs(), flops_regularization=config.flops_regularization, round_to=config.round_to
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+    trained: nn.Module = model
+    if distributed:
+        sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed)
+        train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler)
+        trained = DistributedDataParallel(model)
+    else:
+        train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
     val_loader, test_loader = make_loader(val_set, 1000), make_loader(test_set, 1000)
     out_dir = Path(config.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
     files = (out_dir / PRUNED_FILE, out_dir / CSV_FILE, out_dir / PLOT_FILE)
 
     for epoch in range(1, config.epochs + 1):
-        loss = train_epoch(model, optimizer, train_loader, desc=f"epoch {epoch}", progress=config.progress)
-        say(f"epoch {epoch}/{config.epochs}: mean training loss {loss:.4f}")
+        if distributed:
+            sampler.set_epoch(epoch)
+        loss = train_epoch(trained, optimizer, train_loader, desc=f"epoch {epoch}", progress=config.progress)
+        say(f"epoch {epoch}/{config.epochs}: mean training loss {loss:.4f}" + (" (rank 0)" if distributed else ""))
     unpruned_test = evaluate(model, test_loader, progress=config.progress)
     unpruned_copy = to_torch(model)
 
-    history = prune_with_table(model, optimizer, train_loader, val_loader, config, files[1], say)
+    csv_path = files[1] if main_rank else None
+    history = prune_with_table(trained, optimizer, train_loader, val_loader, config, csv_path, say)
+    if isinstance(trained, DistributedDataParallel):
+        trained = rewrap(trained, optimizer)  # the loop's prunes changed the shapes
     loss = train_steps(
-        model, optimizer, endless(train_loader), config.finetune_steps, desc="fine-tune", progress=config.progress
+        trained, optimizer, endless(train_loader), config.finetune_steps, desc="fine-tune", progress=config.progress
     )
     finetuned_val = evaluate(model, val_loader, progress=config.progress)
-    say(f"fine-tuned for {config.finetune_steps} steps: mean loss {loss:.4f}, validation accuracy {finetuned_val:.2%}")
+    say(
+        f"fine-tuned for {config.finetune_steps} steps: mean loss {loss:.4f}"
+        + (" (rank 0)" if distributed else "") + f", validation accuracy {finetuned_val:.2%}"
+    )
+    if not main_rank:
+        return None
 
     save_pruned(model, files[0])  # before the timing, which may fail to compile
     plot_history(history, files[2], title=network_name(config), finetuned_accuracy=finetuned_val)
@@ -222,10 +257,11 @@ def prune_with_table(
     train_loader: DataLoader,
     val_loader: DataLoader,
     config: DemoConfig,
-    csv_path: Path,
+    csv_path: Path | None,
     say: Callable[[str], None],
 ) -> History:
-    """:func:`prune_loop` to ``FlopsTarget(config.target_flops)``, one table row per round."""
+    """:func:`prune_loop` to ``FlopsTarget(config.target_flops)``, one table row per round.
+    ``model`` may be the ``DistributedDataParallel`` wrapper of the network."""
     say(HEADER)
     shown: list[Round] = []
 
@@ -233,14 +269,19 @@ def prune_with_table(
         shown.append(row)
         say(format_row(row, shown[0]))
 
+    network = model.module if isinstance(model, DistributedDataParallel) else model
     history = prune_loop(
-        model, model.pruner, train_loader, val_loader, optimizer,
+        model, network.pruner, train_loader, val_loader, optimizer,
         target=FlopsTarget(config.target_flops), steps_per_round=config.steps_per_round,
         max_to_prune=config.max_to_prune, max_rounds=config.max_rounds, progress=config.progress,
         csv_path=csv_path, on_round=show,
     )
     say(history.stop_reason)
     return history
+
+
+def _silent(line: str) -> None:
+    """``say`` on ranks other than 0."""
 
 
 def build_network(config: DemoConfig) -> PrunableModule:

@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from .distributed import all_reduce_mean, is_distributed, rewrap
 from .flops import count_flops, count_parameters
 from .pruner import TaylorPruner
 from .training import LossFunction, endless, evaluate, progress_disabled, train_steps
@@ -191,6 +193,17 @@ def prune_loop(
 
     Bad arguments raise ``ValueError`` (``TypeError`` for a target of the wrong kind) naming
     the value, before anything changes.
+
+    **Distributed** (``torchrun``; :mod:`prunable_nn.distributed`): every rank calls it with
+    ``model`` its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper of
+    ``pruner.model`` and ``train_loader`` its own shard of the training data (a
+    ``DistributedSampler``). The rounds train through the wrapper; every ``prune()`` ranks the
+    estimates of all ranks, and the wrapper is rebuilt for the new shapes
+    (:func:`~prunable_nn.distributed.rewrap`), so ``model`` itself is stale afterwards: to
+    train on, ``rewrap(model, optimizer)``. Each row's accuracy and training loss are the
+    means over the ranks (the same numbers on every rank, so that all stop at the same
+    round): give every rank the same validation data, or equal shards of it. Pass
+    ``csv_path`` and ``on_round`` on one rank only if only that one should write.
     """
     targets = _checked_targets(target)
     _check_positive("steps_per_round", steps_per_round)
@@ -202,21 +215,28 @@ def prune_loop(
         )
     if max_rounds is not None:
         _check_positive("max_rounds", max_rounds)
-    if pruner.model is not model:
+    wrapped = model if isinstance(model, DistributedDataParallel) else None
+    inner = model.module if wrapped is not None else model
+    if pruner.model is not inner:
         raise ValueError(f"the pruner belongs to another model ({type(pruner.model).__name__}), not this one")
+    distributed = is_distributed(pruner.process_group)
 
     started = time.perf_counter()
     history = History()
 
     def measure(round_: int, removed: int, loss: float | None) -> Round:
+        accuracy = evaluate(inner, val_loader, desc=f"round {round_} validate", progress=progress)
+        if distributed:
+            accuracy, mean_loss = all_reduce_mean([accuracy, 0.0 if loss is None else loss], group=pruner.process_group)
+            loss = None if loss is None else mean_loss
         row = Round(
             round=round_,
             units_left=pruner.num_prunables,
             units_removed=removed,
-            parameters=count_parameters(model),
-            flops=count_flops(model, pruner.example_inputs),
+            parameters=count_parameters(inner),
+            flops=count_flops(inner, pruner.example_inputs),
             train_loss=loss,
-            accuracy=evaluate(model, val_loader, desc=f"round {round_} validate", progress=progress),
+            accuracy=accuracy,
             seconds=time.perf_counter() - started,
         )
         start = history[0] if history else row
@@ -249,6 +269,8 @@ def prune_loop(
                 model, optimizer, batches, steps_per_round, desc=f"round {round_}", progress=progress, loss_fn=loss_fn
             )
             removals = pruner.prune(max_to_prune, optimizer=optimizer)
+            if wrapped is not None:
+                model = wrapped = rewrap(wrapped, optimizer)  # DDP's buckets hold the old shapes
             row = measure(round_, sum(len(removal.indices) for removal in removals), loss)
             bar.set_postfix(_postfix(history[0], row), refresh=False)
             bar.update()

@@ -10,6 +10,7 @@ changes, so an error leaves the model exactly as it was.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from .chain import INPUT, Chain, ChannelMap, FrozenChain, Member
 from .convert import swap_in_twins, undo
 from .criteria import Criterion, Taylor
+from .distributed import ProcessGroup, check_agreement, is_distributed, reduced_estimates
 from .flops import ExampleInputs, flops_per_module
 from .graph import channel_flow
 from .layers import PrunableLayer
@@ -56,6 +58,10 @@ class TaylorPruner:
         round_to: every chain keeps a multiple of this many channels (units), removed in
             blocks (:mod:`prunable_nn.ranking`); 8 suits AVX2 CPUs, 16 AVX-512. A chain with
             fewer channels than ``round_to`` is left as it is. Default 1: no rounding.
+        process_group: under ``torch.distributed``, the ranks that prune together (default:
+            the whole world). When a group of more than one rank is initialised, ``prune()``
+            ranks the estimates all-reduced over it and checks that every rank chose the same
+            channels (:mod:`prunable_nn.distributed`); every rank must call it.
     """
 
     def __init__(
@@ -67,6 +73,7 @@ class TaylorPruner:
         flops_regularization: float = 0.0,
         criterion: Criterion | None = None,
         round_to: int = 1,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         if flops_regularization < 0:
             raise ValueError(f"flops_regularization must be >= 0, got {flops_regularization}")
@@ -79,6 +86,7 @@ class TaylorPruner:
         self.normalize = normalize
         self.flops_regularization = flops_regularization
         self.round_to = round_to
+        self.process_group = process_group
         self.criterion = Taylor() if criterion is None else criterion
         swaps = swap_in_twins(model)
         try:
@@ -132,7 +140,10 @@ class TaylorPruner:
             member.layer.reset_estimates()
 
     def scores(self) -> list[torch.Tensor]:
-        """Each chain's ranking scores: the criterion's normalised values minus the FLOPs penalty."""
+        """Each chain's ranking scores: the criterion's normalised values minus the FLOPs penalty.
+
+        Under ``torch.distributed`` these are this rank's own; ``prune()`` ranks the estimates
+        of all ranks."""
         scores = self._unit_scores()
         return [scores[chain.units] for chain in self.chains]
 
@@ -142,6 +153,13 @@ class TaylorPruner:
 
         With ``optimizer``, its per-parameter state is sliced along with the parameters.
         Resets the estimates. Returns what was removed, one entry per chain touched.
+
+        Under an initialised process group of more than one rank (``process_group``), every
+        rank must call it: the recorded sums and counts are all-reduced first, so that all
+        ranks rank the mean over all their examples, and the chosen channels are compared
+        across the ranks before anything changes (:mod:`prunable_nn.distributed`). A
+        disagreement, or a rank that fails or stalls (the group's timeout), raises
+        :class:`~prunable_nn.distributed.DistributedPruningError` and leaves the model as it was.
         """
         if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
             raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
@@ -150,8 +168,16 @@ class TaylorPruner:
                 f"max_to_prune ({max_to_prune}) must be at least round_to ({self.round_to}): "
                 "channels go in blocks of round_to"
             )
-        blocks = self._blocks(self._unit_scores())
+        distributed = is_distributed(self.process_group)
+        reduced = nullcontext()
+        if distributed and self.criterion.statistic is not None:
+            layers = list(dict.fromkeys(member.layer for member in self._estimators))
+            reduced = reduced_estimates(layers, getattr(self.criterion, "gradient_power", 0), self.process_group)
+        with reduced:
+            blocks = self._blocks(self._unit_scores())
         units = torch.tensor(self.map.removable(blocks, limit=max_to_prune), dtype=torch.long)
+        if distributed:
+            check_agreement(units.tolist(), self.map.num_units, self.process_group)
         plan = self.map.plan(units)
         touched = self.map.chain_of_unit[units].unique().tolist()
         removals = [self._removal(self.chains[index], units) for index in touched]

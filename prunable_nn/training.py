@@ -41,8 +41,14 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
 
 
 def endless(loader: DataLoader) -> Iterator[Batch]:
-    """The loader's batches over and over, one pass (a fresh shuffle) after another."""
+    """The loader's batches over and over, one pass (a fresh shuffle) after another; a
+    sampler with ``set_epoch`` (``DistributedSampler``) is told the pass number first."""
+    set_epoch = getattr(loader.sampler, "set_epoch", None)
+    passes = 0
     while True:
+        if set_epoch is not None:
+            set_epoch(passes)
+        passes += 1
         empty = True
         for batch in loader:
             empty = False
