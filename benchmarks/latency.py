@@ -7,7 +7,8 @@ What is measured
     of its FLOPs: rounds of one training forward and backward pass on random images and
     labels (which gives Taylor estimates; latency depends on the shapes alone) and a
     ``prune()`` of ``--step`` of the prunable units, stopping at the first round at or under
-    the level.
+    the level. With ``--round-to R`` every layer keeps a multiple of ``R`` channels
+    (``TaylorPruner(round_to=R)``).
 
     For every pruned network, its plain-torch copy (``to_torch``, what a deployment exports)
     is timed side by side with the unpruned network's (``prunable_nn.latency.
@@ -19,8 +20,8 @@ What is measured
     mode as it is (prunable layers, which record nothing in eval) over its plain-torch
     copy's: the cost of keeping the prunable layers at inference.
 
-Usage: ``python benchmarks/latency.py [--levels 0.5 0.25] [--batches 1 64] [--no-compile]
-[--threads N] [--quick] [--out table.md]``; every number also goes to ``.json`` next to it.
+Usage: ``python benchmarks/latency.py [--levels 0.5 0.25] [--batches 1 64] [--round-to R]
+[--no-compile] [--threads N] [--quick] [--out table.md]``; every number also goes to ``.json`` next to it.
 """
 
 from __future__ import annotations
@@ -50,14 +51,14 @@ NETWORKS: dict[str, Callable[[argparse.Namespace], tuple[nn.Module, tuple[int, .
 
 
 def pruned_copies(
-    model: nn.Module, shape: tuple[int, ...], levels: list[float], step: float
+    model: nn.Module, shape: tuple[int, ...], levels: list[float], step: float, round_to: int = 1
 ) -> dict[float, tuple[nn.Module, int]]:
     """Plain-torch copies of ``model`` pruned to each FLOPs fraction of ``levels``, with
-    their FLOPs, removing a ``step`` fraction of the prunable units per round. ``model``
-    itself is pruned along the way."""
+    their FLOPs, removing a ``step`` fraction of the prunable units per round (in blocks of
+    ``round_to``). ``model`` itself is pruned along the way."""
     example = torch.zeros(1, *shape)
-    pruner = TaylorPruner(model, example)
-    max_to_prune = max(1, round(step * pruner.num_prunables))
+    pruner = TaylorPruner(model, example, round_to=round_to)
+    max_to_prune = max(round_to, round(step * pruner.num_prunables))
     start = count_flops(model, example)
     generator = torch.Generator().manual_seed(0)
     copies = {}
@@ -88,8 +89,9 @@ def measure(args: argparse.Namespace, name: str) -> list[dict]:
     unpruned = to_torch(model).eval()  # a plain-torch copy, before any pruning
     start = count_flops(unpruned, torch.zeros(1, *shape))
     rows = []
-    for level, (pruned, flops) in pruned_copies(model, shape, args.levels, args.step).items():
-        row = {"network": name, "level": level, "flops_factor": start / flops, "speedup": {}}
+    for level, (pruned, flops) in pruned_copies(model, shape, args.levels, args.step, args.round_to).items():
+        widths = [layer.out_channels for layer in pruned.modules() if isinstance(layer, nn.Conv2d)]
+        row = {"network": name + (f", blocks of {args.round_to}" if args.round_to > 1 else ""), "conv_widths": widths, "level": level, "flops_factor": start / flops, "speedup": {}}
         for batch in args.batches:
             inputs = torch.randn(batch, *shape)
             row["speedup"][f"eager, {batch}"] = compare_latency(
@@ -135,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--resnet-size", type=int, default=112)
     parser.add_argument("--step", type=float, default=0.03, help="fraction of the prunable units removed per round")
+    parser.add_argument("--round-to", type=int, default=1, help="every layer keeps a multiple of this many channels")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--time", type=float, default=2.0, help="seconds of timing per network and column")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)

@@ -9,10 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_quick(script: str, out: Path) -> subprocess.CompletedProcess:
-    """``benchmarks/<script> --quick --out <out>`` from the project's root; it must succeed."""
+def run_quick(script: str, out: Path, *options: str) -> subprocess.CompletedProcess:
+    """``benchmarks/<script> --quick --out <out> [options]`` from the project's root; it must succeed."""
     run = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *options],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr
@@ -105,6 +105,16 @@ def test_latency_quick_run_relates_speed_ups_to_flops_factors(tmp_path):
     factor, speedup = first["flops_factor"], first["speedup"]["eager, 2"]
     assert lines[2] == (f"| digits net | {1 / factor:.1%} | {factor:.2f} | {speedup:.2f}x ({speedup / factor:.2f}) | "
                         f"{first['prunable_over_plain']:.2f} |")
+
+
+def test_latency_quick_run_with_rounding_times_networks_of_whole_blocks(tmp_path):
+    out = tmp_path / "latency.md"
+    run_quick("latency.py", out, "--round-to", "4")
+    row, _ = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["network"] == "digits net, blocks of 4" and row["flops_factor"] >= 2.0
+    # DigitsNet's three convolutions of 20 filters each keep a multiple of 4
+    widths = row["conv_widths"]
+    assert len(widths) == 3 and all(width % 4 == 0 for width in widths) and sum(widths) < 60, widths
 
 
 def test_vs_torch_pruning_quick_run_prunes_every_method_to_the_target(tmp_path):
