@@ -17,6 +17,9 @@ What is measured
       batches are accumulated, as its documentation shows. Its pruning replaces the
       parameters, so Adam is made anew after each step, as its users do.
 
+    With ``--round-to R`` both libraries keep every layer at a multiple of ``R`` channels
+    (``TaylorPruner(round_to=R)``; Torch-Pruning's own ``round_to``).
+
     Then: test accuracy on the 10000 test images, FLOPs and parameters
     (``torch.utils.flop_counter``), the latency of the exported network (plain torch, eval)
     side by side with the unpruned one's (``compare_latency``, eager, ``--latency-batch``
@@ -56,7 +59,9 @@ PruneRound = Callable[[nn.Module, torch.optim.Optimizer], torch.optim.Optimizer]
 
 def ours(args: argparse.Namespace, flops_regularization: float) -> Callable[[nn.Module, object], PruneRound]:
     def make(model: nn.Module, batches) -> PruneRound:
-        pruner = TaylorPruner(model, model.example_inputs(), flops_regularization=flops_regularization)
+        pruner = TaylorPruner(
+            model, model.example_inputs(), flops_regularization=flops_regularization, round_to=args.round_to
+        )
 
         def prune_round(model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
             pruner.prune(args.max_to_prune, optimizer=optimizer)
@@ -80,7 +85,7 @@ def torch_pruning(args: argparse.Namespace, importance: str) -> Callable[[nn.Mod
             importance=tp.importance.TaylorImportance() if importance == "taylor" else tp.importance.MagnitudeImportance(p=2),
             global_pruning=True, pruning_ratio=ratio,
             iterative_steps=max(1, round(ratio * units / args.max_to_prune)),
-            ignored_layers=[model.classifier[-1]],
+            ignored_layers=[model.classifier[-1]], round_to=args.round_to if args.round_to > 1 else None,
         )
 
         def prune_round(model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -145,6 +150,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
             "parameters": count_parameters(exported) / start_parameters,
             "speedup": compare_latency(unpruned, exported, inputs, repeats=args.repeats,
                                        min_run_time=args.latency_time / args.repeats).speedup,
+            "conv_widths": [layer.out_channels for layer in exported.modules() if isinstance(layer, nn.Conv2d)],
             **run,
         }
         print(f"seed {seed}, {name}: {results[name]}", flush=True)
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps-per-round", type=int, default=30)
     parser.add_argument("--max-to-prune", type=int, default=32)
     parser.add_argument("--max-rounds", type=int, default=100)
+    parser.add_argument("--round-to", type=int, default=1, help="every layer keeps a multiple of this many channels")
     parser.add_argument("--finetune-steps", type=int, default=400)
     parser.add_argument("--flops-regularization", type=float, default=0.01)
     parser.add_argument("--taylor-batches", type=int, default=4)
@@ -196,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = [one_seed(args, seed) for seed in range(args.seeds)]
     header = (
         f"VGG-11 width {args.width:g} on {args.data}, pruned to {args.target:.0%} of its FLOPs: rounds of "
-        f"{args.steps_per_round} steps and up to {args.max_to_prune} channels, then {args.finetune_steps} steps; "
+        f"{args.steps_per_round} steps and up to {args.max_to_prune} channels"
+        + (f" in blocks of {args.round_to}" if args.round_to > 1 else "")
+        + f", then {args.finetune_steps} steps; "
         f"mean ± std over {args.seeds} seeds (Torch-Pruning {tp.__version__}, {report.machine()})"
     )
     report.write(args, header, table(per_seed), {"seeds": per_seed})

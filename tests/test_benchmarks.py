@@ -130,3 +130,14 @@ def test_vs_torch_pruning_quick_run_prunes_every_method_to_the_target(tmp_path):
         assert result["rounds"] >= 1 and 0 < result["parameters"] < 1 and 0 <= result["accuracy"] <= 1
     rows = [line.split("|")[1].strip() for line in out.read_text().splitlines() if line.startswith("| ")]
     assert rows[2:] == ["unpruned", *seed]
+
+
+def test_vs_torch_pruning_quick_run_with_rounding_keeps_whole_blocks_in_both_libraries(tmp_path):
+    out = tmp_path / "vs.md"
+    run_quick("vs_torch_pruning.py", out, "--round-to", "4")
+    assert "up to 16 channels in blocks of 4, then" in out.read_text()
+    (seed,) = json.loads(out.with_suffix(".json").read_text())["seeds"]
+    for name in ("prunable_nn Taylor", "Torch-Pruning Taylor"):
+        assert 0.3 < seed[name]["flops"] <= 0.5, name
+        widths = seed[name]["conv_widths"]
+        assert all(width % 4 == 0 for width in widths) and sum(widths) < 172, (name, widths)  # unpruned: 4..32
