@@ -36,9 +36,11 @@ bench: $(STAMP) $(FASHION_MNIST)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/latency.py
+	$(PY) benchmarks/latency.py --round-to 8 --out benchmarks/results/latency_round8.md
 	$(PY) benchmarks/oracle_correlation.py
 	$(PY) benchmarks/criteria_curves.py
 	$(PY) benchmarks/vs_torch_pruning.py
+	$(PY) benchmarks/vs_torch_pruning.py --round-to 8 --out benchmarks/results/vs_torch_pruning_round8.md
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
