@@ -220,16 +220,10 @@ def _check_optimizer(module: nn.Module, optimizer: torch.optim.Optimizer) -> Non
                 )
 
 
-def all_reduce_mean(
-    values: Sequence[float], weights: Sequence[float] | None = None, group: ProcessGroup | None = None
-) -> list[float]:
-    """``values`` averaged over the ranks (weighted by ``weights`` when given), the same on
-    every rank: :func:`prunable_nn.prune_loop` reduces its measurements with it so that every
-    rank decides to stop at the same round."""
-    weights = [1.0] * len(values) if weights is None else list(weights)
-    device = _device([], group)
-    flat = torch.tensor([*(v * w for v, w in zip(values, weights)), *weights], dtype=torch.float64, device=device)
+def all_reduce_mean(values: Sequence[float], group: ProcessGroup | None = None) -> list[float]:
+    """``values`` averaged over the ranks, the same on every rank: :func:`prunable_nn.prune_loop`
+    reduces its measurements with it so that every rank decides to stop at the same round."""
+    flat = torch.tensor(list(values), dtype=torch.float64, device=_device([], group))
     what = "prune_loop(): the all-reduce of the round's measurements"
     _collective(what, lambda: dist.all_reduce(flat, group=group), group)
-    n = len(values)
-    return [float(flat[i] / flat[n + i]) for i in range(n)]
+    return (flat / dist.get_world_size(group)).tolist()

@@ -172,7 +172,7 @@ class TaylorPruner:
         reduced = nullcontext()
         if distributed and self.criterion.statistic is not None:
             layers = list(dict.fromkeys(member.layer for member in self._estimators))
-            reduced = reduced_estimates(layers, getattr(self.criterion, "gradient_power", 0), self.process_group)
+            reduced = reduced_estimates(layers, self.criterion.gradient_power, self.process_group)
         with reduced:
             blocks = self._blocks(self._unit_scores())
         units = torch.tensor(self.map.removable(blocks, limit=max_to_prune), dtype=torch.long)
