@@ -5,22 +5,35 @@ What is measured
     ``--width``, trained for ``--steps`` steps on Fashion-MNIST) is copied once per variant
     and pruned by ``prune_loop`` down to ``--target`` of its FLOPs, with the same budget for
     every variant: rounds of ``--steps-per-round`` Adam steps (fresh optimizer, learning
-    rate 1e-3, the same shuffled batches) then ``prune(--max-to-prune)``. After every round
-    the accuracy is measured on ``--val-size`` held-out images, right after the prune.
+    rate 1e-3, the same shuffled batches) then ``prune(--max-to-prune)``.
 
-    The variants: Taylor as the pruner ranks by default (L2-normalised per layer), without
-    the normalisation, and with FLOPs regularisation ``--flops-regularization``; activation
-    mean, activation std, APoZ, minimum weight and random (all L2-normalised); and, with
+    Two accuracies on ``--val-size`` held-out images:
+
+    - *After fine-tuning*, at 50% and 25% of the FLOPs: the models of the two rounds around
+      the level are copied and each fine-tuned for ``--recovery-steps`` Adam steps (fresh
+      optimizer, the same batches for every variant); the accuracy at the level is
+      interpolated linearly in FLOPs between the two. This is what a user keeps.
+    - *Right after each prune*, on a copy whose batch-norm statistics are re-estimated on
+      ``--bn-batches`` training batches (``torch.optim.swa_utils.update_bn``): the damage of
+      the prune before any training repairs it. Without the re-estimation, the running
+      statistics of every batch norm after a pruned layer still describe inputs that are no
+      longer there, and the accuracy swings by several points from one round to the next
+      (the JSON keeps that raw accuracy as ``accuracy``). It is interpolated between the
+      rounds at 75%, 50% and 25% of the FLOPs.
+
+    The variants: Taylor, activation mean, activation std, APoZ, minimum weight and random,
+    each L2-normalised per layer, as the pruner ranks by default (``--ranking l2``; Taylor
+    also without the normalisation and with FLOPs regularisation ``--flops-regularization``),
+    or every one of them with that FLOPs regularisation too (``--ranking flops``); and, with
     ``--oracle``, the oracle on ``--oracle-images`` training images (one pass of those
-    images per prunable channel at every prune: slow).
+    images per prunable channel at every prune: slow). The table gives the mean and standard
+    deviation over the seeds, the best mean of each column in bold; the plot shows every
+    variant's mean curve and its fine-tuned accuracies.
 
-    The accuracy at a FLOPs fraction is interpolated linearly between the rounds around it
-    (the rounds remove up to ``--max-to-prune`` channels each, so they do not land on the
-    same fractions). The table gives its mean and standard deviation over the seeds at 75%,
-    50% and 25% of the FLOPs; the plot shows every variant's mean curve.
-
-Usage: ``python benchmarks/criteria_curves.py [--seeds N] [--target F] [--oracle] [--quick]
-[--out table.md]``; the plot (``.png``) and every number (``.json``) go next to ``--out``.
+Usage: ``python benchmarks/criteria_curves.py [--seeds N] [--jobs J] [--ranking l2|flops]
+[--target F] [--oracle] [--quick] [--out table.md]``; the plot (``.png``) and every number
+(``.json``) go next to ``--out``. ``--jobs J`` runs J seeds at a time, each in its own
+process (the numbers are the same as one after another).
 """
 
 from __future__ import annotations
@@ -30,6 +43,8 @@ import copy
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import matplotlib
@@ -38,54 +53,124 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.optim.swa_utils import update_bn  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import report  # noqa: E402 (benchmarks/, the script's own folder)
 import start_model  # noqa: E402
 from start_model import BATCH_SIZE, LEARNING_RATE, load, trained_vgg  # noqa: E402
-from prunable_nn import FlopsTarget, TaylorPruner, prune_loop  # noqa: E402
+from prunable_nn import FlopsTarget, Round, TaylorPruner, prune_loop  # noqa: E402
 from prunable_nn.criteria import (  # noqa: E402
     APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor,
 )
-from prunable_nn.training import make_loader  # noqa: E402
+from prunable_nn.training import endless, evaluate, make_loader, train_steps  # noqa: E402
 
+#: FLOPs fractions of the right-after-prune columns, and of the fine-tuned ones.
 LEVELS = (0.75, 0.5, 0.25)
+FINE_TUNED_LEVELS = (0.5, 0.25)
+#: Added to the seed for the batches of the fine-tuning copies and of the batch-norm
+#: re-estimation, so that they differ from the pruning rounds' batches.
+RECOVERY_SEED, BN_SEED = 1000, 2000
 
 
 def variants(args: argparse.Namespace, seed: int, oracle_batches) -> dict[str, Callable[[torch.nn.Module], TaylorPruner]]:
-    """Each variant's name and how it makes its pruner for a copy of the start model."""
+    """Each variant's name and how it makes its pruner for a copy of the start model.
 
-    def pruner(criterion: Criterion, normalize: bool = True, flops_regularization: float = 0.0):
+    ``--ranking l2``: every criterion L2-normalised per layer, and Taylor also without the
+    normalisation and with FLOPs regularisation. ``--ranking flops``: every criterion
+    L2-normalised with FLOPs regularisation ``--flops-regularization``.
+    """
+    penalty = args.flops_regularization if args.ranking == "flops" else 0.0
+
+    def pruner(criterion: Criterion, normalize: bool = True, flops_regularization: float = penalty):
         return lambda model: TaylorPruner(
             model, model.example_inputs(), criterion=criterion, normalize=normalize,
             flops_regularization=flops_regularization,
         )
 
-    made = {
-        "Taylor": pruner(Taylor()),
-        "Taylor, no L2": pruner(Taylor(), normalize=False),
-        f"Taylor, FLOPs reg. {args.flops_regularization:g}": pruner(Taylor(), flops_regularization=args.flops_regularization),
+    made = {"Taylor": pruner(Taylor())}
+    if args.ranking == "l2":
+        made["Taylor, no L2"] = pruner(Taylor(), normalize=False)
+        made[f"Taylor, FLOPs reg. {args.flops_regularization:g}"] = pruner(Taylor(), flops_regularization=args.flops_regularization)
+    made.update({
         "activation mean": pruner(ActivationMean()),
         "activation std": pruner(ActivationStd()),
         "APoZ": pruner(APoZ()),
         "minimum weight": pruner(MinWeight()),
         "random": pruner(RandomScores(seed)),
-    }
+    })
     if args.oracle:
         made["oracle"] = pruner(Oracle(oracle_batches))
     return made
 
 
-def accuracy_at(fractions: list[float], accuracies: list[float], level: float) -> float:
-    """The accuracy at FLOPs fraction ``level``, interpolated between the rounds (NaN when
-    the curve does not reach it)."""
+def interpolated(level: float, fractions: list[float], accuracies: list[float]) -> float:
+    """The accuracy at FLOPs fraction ``level``, linear between the points around it
+    (``fractions`` falling; NaN when they do not reach the level)."""
     if min(fractions) > level:
         return float("nan")
     return float(np.interp(level, fractions[::-1], accuracies[::-1]))  # np.interp wants rising x
 
 
+class Measurements:
+    """The benchmark's own accuracies of one variant's run, taken from ``prune_loop``'s
+    ``on_round`` (the pruning run itself only ever sees copies being made).
+
+    ``recalibrated[i]``: row ``i``'s accuracy with re-estimated batch-norm statistics;
+    ``fine_tuned``: round -> accuracy after ``recovery_steps``, for the rounds around each
+    of ``FINE_TUNED_LEVELS``.
+    """
+
+    def __init__(self, model: torch.nn.Module, train_set: Dataset, val_loader: DataLoader,
+                 seed: int, recovery_steps: int, bn_batches: int) -> None:
+        self.model, self.train_set, self.val_loader = model, train_set, val_loader
+        self.seed, self.recovery_steps = seed, recovery_steps
+        loader = make_loader(train_set, BATCH_SIZE, shuffle=True, seed=seed + BN_SEED)
+        self.bn_batches = [images for (images, _), _ in zip(loader, range(bn_batches))]
+        self.start_flops: int | None = None
+        self.fractions: list[float] = []
+        self.recalibrated: list[float] = []
+        self.fine_tuned: dict[int, float] = {}
+        self.previous: torch.nn.Module | None = None  # a copy of the model as the last row saw it
+
+    def __call__(self, row: Round) -> None:
+        if self.start_flops is None:  # row 0
+            self.start_flops = row.flops
+        fraction = row.flops / self.start_flops
+        copied = copy.deepcopy(self.model)
+        update_bn(self.bn_batches, copied)
+        self.recalibrated.append(evaluate(copied, self.val_loader, progress=False))
+        for level in FINE_TUNED_LEVELS:
+            if self.fractions and fraction <= level < self.fractions[-1]:
+                for round_, model in ((row.round - 1, self.previous), (row.round, self.model)):
+                    if round_ not in self.fine_tuned:
+                        self.fine_tuned[round_] = self.recovered_accuracy(model)
+        self.fractions.append(fraction)
+        self.previous = copy.deepcopy(self.model)
+
+    def recovered_accuracy(self, model: torch.nn.Module) -> float:
+        """Accuracy of a copy of ``model`` after ``recovery_steps`` Adam steps (learning rate
+        1e-3) on batches that are the same for every variant."""
+        model = copy.deepcopy(model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+        batches = endless(make_loader(self.train_set, BATCH_SIZE, shuffle=True, seed=self.seed + RECOVERY_SEED))
+        train_steps(model, optimizer, batches, self.recovery_steps, progress=False)
+        return evaluate(model, self.val_loader, progress=False)
+
+    def fine_tuned_at(self, level: float) -> float:
+        """The fine-tuned accuracy at ``level``, linear between the two rounds around it."""
+        below = next((i for i, fraction in enumerate(self.fractions) if fraction <= level), None)
+        if below is None:
+            return float("nan")
+        rounds = [below - 1, below]
+        return interpolated(level, [self.fractions[i] for i in rounds], [self.fine_tuned[i] for i in rounds])
+
+
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
+    if args.threads:
+        torch.set_num_threads(args.threads)  # again: a --jobs worker is a fresh process
     train_set, validation = load(args.data, seed, args.val_size)
     start, loss = trained_vgg(train_set, seed, args.width, args.hidden, args.steps)
     print(f"seed {seed}: start model trained, loss {loss:.3f}", flush=True)
@@ -96,80 +181,123 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         model = copy.deepcopy(start)
         pruner = make_pruner(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+        measured = Measurements(model, train_set, val_loader, seed, args.recovery_steps, args.bn_batches)
         started = time.perf_counter()
         history = prune_loop(
             model, pruner, make_loader(train_set, BATCH_SIZE, shuffle=True, seed=seed), val_loader, optimizer,
             target=FlopsTarget(args.target), steps_per_round=args.steps_per_round,
-            max_to_prune=args.max_to_prune, progress=False,
+            max_to_prune=args.max_to_prune, progress=False, on_round=measured,
         )
-        fractions = [row.flops / history[0].flops for row in history]
-        accuracies = [row.accuracy for row in history]
         curves[name] = {
-            "flops": fractions, "accuracy": accuracies, "parameters": [row.parameters for row in history],
-            "at": {str(level): accuracy_at(fractions, accuracies, level) for level in LEVELS},
+            "flops": measured.fractions, "accuracy": [row.accuracy for row in history],
+            "recalibrated": measured.recalibrated, "parameters": [row.parameters for row in history],
+            "at": {str(level): interpolated(level, measured.fractions, measured.recalibrated) for level in LEVELS},
+            "fine_tuned_rounds": {str(round_): accuracy for round_, accuracy in sorted(measured.fine_tuned.items())},
+            "fine_tuned_at": {str(level): measured.fine_tuned_at(level) for level in FINE_TUNED_LEVELS},
             "seconds": time.perf_counter() - started,
         }
-        at = ", ".join(f"{level:.0%}: {curves[name]['at'][str(level)]:.2%}" for level in LEVELS)
-        print(f"  {name}: {len(history) - 1} rounds in {curves[name]['seconds']:.0f} s; accuracy at {at}", flush=True)
+        tuned = ", ".join(f"{level:.0%}: {curves[name]['fine_tuned_at'][str(level)]:.2%}" for level in FINE_TUNED_LEVELS)
+        print(f"  seed {seed}, {name}: {len(history) - 1} rounds in {curves[name]['seconds']:.0f} s; "
+              f"fine-tuned accuracy at {tuned}", flush=True)
     return curves
 
 
+def columns() -> list[tuple[str, str, float]]:
+    """The table's columns: (heading, key of the curve's values, FLOPs level)."""
+    return ([(f"fine-tuned, {level:.0%} FLOPs", "fine_tuned_at", level) for level in FINE_TUNED_LEVELS]
+            + [(f"right after prune, {level:.0%}", "at", level) for level in LEVELS])
+
+
 def table(per_seed: list[dict[str, dict]]) -> list[str]:
-    lines = ["| criterion | " + " | ".join(f"accuracy at {level:.0%} FLOPs" for level in LEVELS) + " |",
-             "| --- |" + " ---: |" * len(LEVELS)]
-    for name in per_seed[0]:
-        cells = []
-        for level in LEVELS:
-            values = [seed[name]["at"][str(level)] for seed in per_seed]
-            if any(np.isnan(values)):  # a curve that stopped above this level
-                cells.append("-")
+    """Mean ± standard deviation over the seeds, the best mean of each column in bold."""
+    names = list(per_seed[0])
+    cells: dict[str, list[str]] = {name: [] for name in names}
+    for _, key, level in columns():
+        values = {name: [seed[name][key][str(level)] for seed in per_seed] for name in names}
+        means = {name: float(np.mean(v)) for name, v in values.items() if not np.isnan(v).any()}
+        for name in names:
+            if name not in means:  # a curve that stopped above this level
+                cells[name].append("-")
                 continue
-            cells.append(report.mean_and_spread(values, scale=100, unit="%"))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+            cell = report.mean_and_spread(values[name], scale=100, unit="%")
+            cells[name].append(f"**{cell}**" if means[name] == max(means.values()) else cell)
+    return (["| criterion | " + " | ".join(heading for heading, _, _ in columns()) + " |",
+             "| --- |" + " ---: |" * len(columns())]
+            + [f"| {name} | " + " | ".join(cells[name]) + " |" for name in names])
 
 
 def plot(per_seed: list[dict[str, dict]], title: str, path: Path) -> None:
-    """Each variant's accuracy against FLOPs, the mean over the seeds on a common grid."""
+    """Left: each variant's accuracy right after each prune (batch norm re-estimated), the
+    mean over the seeds on a common grid. Right: the fine-tuned accuracies at their levels,
+    mean and standard deviation."""
     grid = np.linspace(1.0, max(min(curve["flops"][-1] for curve in seed.values()) for seed in per_seed), 60)
-    figure, axes = plt.subplots(figsize=(8, 5))
-    for name in per_seed[0]:
-        mean = np.mean([np.interp(grid, seed[name]["flops"][::-1], seed[name]["accuracy"][::-1]) for seed in per_seed], axis=0)
-        axes.plot(100 * grid, 100 * mean, label=name, linestyle="--" if name == "random" else "-")
-    axes.invert_xaxis()
-    axes.set_xlabel("FLOPs, % of the start model")
-    axes.set_ylabel("validation accuracy right after each prune, %")
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    figure, (curves, tuned) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2))
+    names = list(per_seed[0])
+    for offset, name in enumerate(names):
+        style = "--" if name == "random" else "-"
+        mean = np.mean([np.interp(grid, seed[name]["flops"][::-1], seed[name]["recalibrated"][::-1]) for seed in per_seed], axis=0)
+        line, = curves.plot(100 * grid, 100 * mean, label=name, linestyle=style)
+        values = np.array([[seed[name]["fine_tuned_at"][str(level)] for level in FINE_TUNED_LEVELS] for seed in per_seed])
+        shift = (offset - (len(names) - 1) / 2) * 1.2
+        tuned.errorbar(100 * np.array(FINE_TUNED_LEVELS) + shift, 100 * values.mean(axis=0), yerr=100 * values.std(axis=0),
+                       fmt="o", color=line.get_color(), capsize=3, label=name)
+    curves.invert_xaxis()
+    curves.set_xlabel("FLOPs, % of the start model")
+    curves.set_ylabel("validation accuracy right after each prune, %\n(batch-norm statistics re-estimated)")
+    curves.set_title(title, fontsize=9)
+    curves.legend(fontsize=8)
+    tuned.invert_xaxis()
+    tuned.set_xticks([100 * level for level in FINE_TUNED_LEVELS])
+    tuned.set_xlabel("FLOPs, % of the start model")
+    tuned.set_ylabel("validation accuracy after fine-tuning, %")
+    tuned.set_title("after fine-tuning (mean and standard deviation over the seeds)", fontsize=9)
+    for axes in (curves, tuned):
+        axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main_parser() -> argparse.ArgumentParser:
+    """The script's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", type=float, default=0.25, help="prune down to this fraction of the FLOPs")
     parser.add_argument("--steps-per-round", type=int, default=30)
     parser.add_argument("--max-to-prune", type=int, default=32)
+    parser.add_argument("--recovery-steps", type=int, default=150, help="fine-tuning steps of the fine-tuned accuracies")
+    parser.add_argument("--bn-batches", type=int, default=20, help="training batches that re-estimate batch norm")
+    parser.add_argument("--ranking", choices=("l2", "flops"), default="l2",
+                        help="l2: every criterion L2-normalised (and Taylor two more ways); flops: every "
+                             "criterion L2-normalised with FLOPs regularisation")
     parser.add_argument("--flops-regularization", type=float, default=0.01)
     parser.add_argument("--val-size", type=int, default=2000)
     parser.add_argument("--oracle", action="store_true", help="also prune by the oracle (slow)")
     parser.add_argument("--oracle-images", type=int, default=256)
-    start_model.add_arguments(parser, seeds=2)
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at a time, each in its own process")
+    start_model.add_arguments(parser, seeds=3)
     report.add_common_arguments(parser, "criteria_curves.md")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = main_parser().parse_args(argv)
     if args.quick:
         args.seeds, args.width, args.hidden, args.steps, args.target = 2, 0.0625, 16, 20, 0.5
         args.steps_per_round, args.max_to_prune, args.val_size, args.data = 2, 32, 100, "digits"
-        args.oracle, args.oracle_images = True, 16
+        args.recovery_steps, args.bn_batches, args.oracle, args.oracle_images = 2, 2, True, 16
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    per_seed = [one_seed(args, seed) for seed in range(args.seeds)]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+            per_seed = list(pool.map(one_seed, [args] * args.seeds, range(args.seeds)))
+    else:
+        per_seed = [one_seed(args, seed) for seed in range(args.seeds)]
+    ranked = "L2-normalised" if args.ranking == "l2" else f"L2-normalised, FLOPs reg. {args.flops_regularization:g}"
     title = (
-        f"VGG-11 width {args.width:g} on {args.data}: {args.steps} training steps,\nthen rounds of "
-        f"{args.steps_per_round} steps and up to {args.max_to_prune} channels; mean of {args.seeds} seeds"
+        f"VGG-11 width {args.width:g} on {args.data}, criteria {ranked}:\n{args.steps} training steps, then "
+        f"rounds of {args.steps_per_round} steps and up to {args.max_to_prune} channels; fine-tuning "
+        f"{args.recovery_steps} steps; mean of {args.seeds} seeds"
     )
     header = f"{title.replace(chr(10), ' ')} ({report.machine()})"
     report.write(args, header, table(per_seed), {"seeds": per_seed})

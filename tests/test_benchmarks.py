@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,7 +69,7 @@ def test_oracle_correlation_quick_run_tabulates_every_criterion_three_ways(tmp_p
 
 def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
     out = tmp_path / "curves.md"
-    run = run_quick("criteria_curves.py", out)
+    run = run_quick("criteria_curves.py", out, "--jobs", "2")  # the seeds in two processes
     assert "seed 1: start model trained" in run.stdout
     seeds = json.loads(out.with_suffix(".json").read_text())["seeds"]
     names = ["Taylor", "Taylor, no L2", "Taylor, FLOPs reg. 0.01", "activation mean", "activation std", "APoZ",
@@ -78,16 +80,56 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
             flops = curve["flops"]
             assert flops[0] == 1.0 and flops[-1] <= 0.5 < min(flops[:-1])  # stops at the first row at the target
             assert all(later < earlier for earlier, later in zip(flops, flops[1:]))
-            assert len(curve["accuracy"]) == len(flops) and all(0 <= a <= 1 for a in curve["accuracy"])
-            for level, accuracy in curve["at"].items():  # NaN where the curve stops above the level
+            for key in ("accuracy", "recalibrated"):
+                assert len(curve[key]) == len(flops) and all(0 <= a <= 1 for a in curve[key])
+            # Right after prune: interpolated between the two rounds around the level, NaN past the curve.
+            for level, accuracy in curve["at"].items():
                 assert math.isnan(accuracy) == (flops[-1] > float(level)), (level, flops)
-                if not math.isnan(accuracy):  # interpolated between the two rounds around the level
-                    after = next(i for i, fraction in enumerate(flops) if fraction <= float(level))
-                    around = curve["accuracy"][max(after - 1, 0) : after + 1]
-                    assert min(around) - 1e-9 <= accuracy <= max(around) + 1e-9
+                if not math.isnan(accuracy):
+                    assert between(accuracy, around(curve["recalibrated"], flops, float(level)))
+            # Fine-tuned: exactly the rounds around each level the curve reaches, and in between them.
+            reached = [float(level) for level in curve["fine_tuned_at"] if flops[-1] <= float(level)]
+            assert reached == [0.5]
+            after = first_at_or_below(flops, 0.5)
+            tuned = {int(round_): accuracy for round_, accuracy in curve["fine_tuned_rounds"].items()}
+            assert sorted(tuned) == [after - 1, after]
+            assert between(curve["fine_tuned_at"]["0.5"], list(tuned.values()))
+            assert math.isnan(curve["fine_tuned_at"]["0.25"])
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert rows[0].split("|")[2:-1] == [
+        " fine-tuned, 50% FLOPs ", " fine-tuned, 25% FLOPs ", " right after prune, 75% ", " right after prune, 50% ",
+        " right after prune, 25% ",
+    ]
     assert [row.split("|")[1].strip() for row in rows[2:]] == names
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def first_at_or_below(fractions: list[float], level: float) -> int:
+    return next(i for i, fraction in enumerate(fractions) if fraction <= level)
+
+
+def around(values: list[float], fractions: list[float], level: float) -> list[float]:
+    """The values of the two rows around ``level`` (one when row 0 is at or below it)."""
+    after = first_at_or_below(fractions, level)
+    return values[max(after - 1, 0) : after + 1]
+
+
+def between(value: float, bounds: list[float]) -> bool:
+    return min(bounds) - 1e-9 <= value <= max(bounds) + 1e-9
+
+
+def test_criteria_curves_table_gives_mean_and_spread_and_bolds_each_columns_best():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import criteria_curves
+
+    def curve(tuned: float, after: float) -> dict:
+        return {"fine_tuned_at": {"0.5": tuned, "0.25": math.nan}, "at": {"0.75": after, "0.5": after, "0.25": after}}
+
+    per_seed = [{"a": curve(0.80, 0.50), "b": curve(0.90, 0.40)}, {"a": curve(0.82, 0.60), "b": curve(0.86, 0.40)}]
+    lines = criteria_curves.table(per_seed)
+    cells = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]] for line in lines[2:]}
+    assert cells["a"] == ["81.00% ± 1.41", "-", "**55.00% ± 7.07**", "**55.00% ± 7.07**", "**55.00% ± 7.07**"]
+    assert cells["b"] == ["**88.00% ± 2.83**", "-", "40.00% ± 0.00", "40.00% ± 0.00", "40.00% ± 0.00"]
 
 
 def test_latency_quick_run_relates_speed_ups_to_flops_factors(tmp_path):
@@ -141,3 +183,26 @@ def test_vs_torch_pruning_quick_run_with_rounding_keeps_whole_blocks_in_both_lib
         assert 0.3 < seed[name]["flops"] <= 0.5, name
         widths = seed[name]["conv_widths"]
         assert all(width % 4 == 0 for width in widths) and sum(widths) < 172, (name, widths)  # unpruned: 4..32
+
+
+def test_criteria_curves_rankings_give_every_criterion_the_same_ranking():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import criteria_curves
+    from models import VGG
+
+    def settings(*options: str) -> dict[str, tuple[str, bool, float]]:
+        args = criteria_curves.main_parser().parse_args(list(options))
+        made = criteria_curves.variants(args, 0, oracle_batches=[(torch.zeros(1, 1, 28, 28), torch.zeros(1).long())])
+        pruners = {name: make(VGG("vgg11", 10, 1, 28, width=0.0625, hidden=16)) for name, make in made.items()}
+        return {name: (type(p.criterion).__name__, p.normalize, p.flops_regularization) for name, p in pruners.items()}
+
+    criteria = {"Taylor": "Taylor", "activation mean": "ActivationMean", "activation std": "ActivationStd",
+                "APoZ": "APoZ", "minimum weight": "MinWeight", "random": "RandomScores"}
+    assert settings() == {
+        "Taylor": ("Taylor", True, 0.0), "Taylor, no L2": ("Taylor", False, 0.0),
+        "Taylor, FLOPs reg. 0.01": ("Taylor", True, 0.01),
+        **{name: (criterion, True, 0.0) for name, criterion in criteria.items() if name != "Taylor"},
+    }
+    assert settings("--ranking", "flops", "--flops-regularization", "0.02", "--oracle") == {
+        **{name: (criterion, True, 0.02) for name, criterion in criteria.items()}, "oracle": ("Oracle", True, 0.02),
+    }
