@@ -38,7 +38,8 @@ bench: $(STAMP) $(FASHION_MNIST)
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/latency.py --round-to 8 --out benchmarks/results/latency_round8.md
 	$(PY) benchmarks/oracle_correlation.py
-	$(PY) benchmarks/criteria_curves.py
+	$(PY) benchmarks/criteria_curves.py --threads 1 --seeds 4 --jobs 2
+	$(PY) benchmarks/criteria_curves.py --threads 1 --seeds 4 --jobs 2 --ranking flops --out benchmarks/results/criteria_curves_flops.md
 	$(PY) benchmarks/vs_torch_pruning.py
 	$(PY) benchmarks/vs_torch_pruning.py --round-to 8 --out benchmarks/results/vs_torch_pruning_round8.md
 
