@@ -238,7 +238,7 @@ def plot(per_seed: list[dict[str, dict]], title: str, path: Path) -> None:
         mean = np.mean([np.interp(grid, seed[name]["flops"][::-1], seed[name]["recalibrated"][::-1]) for seed in per_seed], axis=0)
         line, = curves.plot(100 * grid, 100 * mean, label=name, linestyle=style)
         values = np.array([[seed[name]["fine_tuned_at"][str(level)] for level in FINE_TUNED_LEVELS] for seed in per_seed])
-        shift = (offset - (len(names) - 1) / 2) * 1.2
+        shift = ((len(names) - 1) / 2 - offset) * 1.2  # the legend's order, left to right on the inverted axis
         tuned.errorbar(100 * np.array(FINE_TUNED_LEVELS) + shift, 100 * values.mean(axis=0), yerr=100 * values.std(axis=0),
                        fmt="o", color=line.get_color(), capsize=3, label=name)
     curves.invert_xaxis()
