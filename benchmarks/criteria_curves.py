@@ -120,7 +120,8 @@ class Measurements:
 
     ``recalibrated[i]``: row ``i``'s accuracy with re-estimated batch-norm statistics;
     ``fine_tuned``: round -> accuracy after ``recovery_steps``, for the rounds around each
-    of ``FINE_TUNED_LEVELS``.
+    of ``FINE_TUNED_LEVELS``; ``fine_tuned_at``: level -> those accuracies interpolated at
+    the level (NaN until the run reaches it).
     """
 
     def __init__(self, model: torch.nn.Module, train_set: Dataset, val_loader: DataLoader,
@@ -133,6 +134,7 @@ class Measurements:
         self.fractions: list[float] = []
         self.recalibrated: list[float] = []
         self.fine_tuned: dict[int, float] = {}
+        self.fine_tuned_at = {level: float("nan") for level in FINE_TUNED_LEVELS}
         self.previous: torch.nn.Module | None = None  # a copy of the model as the last row saw it
 
     def __call__(self, row: Round) -> None:
@@ -143,10 +145,14 @@ class Measurements:
         update_bn(self.bn_batches, copied)
         self.recalibrated.append(evaluate(copied, self.val_loader, progress=False))
         for level in FINE_TUNED_LEVELS:
-            if self.fractions and fraction <= level < self.fractions[-1]:
-                for round_, model in ((row.round - 1, self.previous), (row.round, self.model)):
+            if self.fractions and fraction <= level < self.fractions[-1]:  # the first row at or below it
+                around = ((row.round - 1, self.fractions[-1], self.previous), (row.round, fraction, self.model))
+                for round_, _, model in around:
                     if round_ not in self.fine_tuned:
                         self.fine_tuned[round_] = self.recovered_accuracy(model)
+                self.fine_tuned_at[level] = interpolated(
+                    level, [at for _, at, _ in around], [self.fine_tuned[round_] for round_, _, _ in around]
+                )
         self.fractions.append(fraction)
         self.previous = copy.deepcopy(self.model)
 
@@ -158,14 +164,6 @@ class Measurements:
         batches = endless(make_loader(self.train_set, BATCH_SIZE, shuffle=True, seed=self.seed + RECOVERY_SEED))
         train_steps(model, optimizer, batches, self.recovery_steps, progress=False)
         return evaluate(model, self.val_loader, progress=False)
-
-    def fine_tuned_at(self, level: float) -> float:
-        """The fine-tuned accuracy at ``level``, linear between the two rounds around it."""
-        below = next((i for i, fraction in enumerate(self.fractions) if fraction <= level), None)
-        if below is None:
-            return float("nan")
-        rounds = [below - 1, below]
-        return interpolated(level, [self.fractions[i] for i in rounds], [self.fine_tuned[i] for i in rounds])
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
@@ -193,7 +191,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
             "recalibrated": measured.recalibrated, "parameters": [row.parameters for row in history],
             "at": {str(level): interpolated(level, measured.fractions, measured.recalibrated) for level in LEVELS},
             "fine_tuned_rounds": {str(round_): accuracy for round_, accuracy in sorted(measured.fine_tuned.items())},
-            "fine_tuned_at": {str(level): measured.fine_tuned_at(level) for level in FINE_TUNED_LEVELS},
+            "fine_tuned_at": {str(level): accuracy for level, accuracy in measured.fine_tuned_at.items()},
             "seconds": time.perf_counter() - started,
         }
         tuned = ", ".join(f"{level:.0%}: {curves[name]['fine_tuned_at'][str(level)]:.2%}" for level in FINE_TUNED_LEVELS)
@@ -202,17 +200,16 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     return curves
 
 
-def columns() -> list[tuple[str, str, float]]:
-    """The table's columns: (heading, key of the curve's values, FLOPs level)."""
-    return ([(f"fine-tuned, {level:.0%} FLOPs", "fine_tuned_at", level) for level in FINE_TUNED_LEVELS]
-            + [(f"right after prune, {level:.0%}", "at", level) for level in LEVELS])
+#: The table's columns: (heading, key of the curve's values, FLOPs level).
+COLUMNS = ([(f"fine-tuned, {level:.0%} FLOPs", "fine_tuned_at", level) for level in FINE_TUNED_LEVELS]
+           + [(f"right after prune, {level:.0%}", "at", level) for level in LEVELS])
 
 
 def table(per_seed: list[dict[str, dict]]) -> list[str]:
     """Mean ± standard deviation over the seeds, the best mean of each column in bold."""
     names = list(per_seed[0])
     cells: dict[str, list[str]] = {name: [] for name in names}
-    for _, key, level in columns():
+    for _, key, level in COLUMNS:
         values = {name: [seed[name][key][str(level)] for seed in per_seed] for name in names}
         means = {name: float(np.mean(v)) for name, v in values.items() if not np.isnan(v).any()}
         for name in names:
@@ -221,8 +218,8 @@ def table(per_seed: list[dict[str, dict]]) -> list[str]:
                 continue
             cell = report.mean_and_spread(values[name], scale=100, unit="%")
             cells[name].append(f"**{cell}**" if means[name] == max(means.values()) else cell)
-    return (["| criterion | " + " | ".join(heading for heading, _, _ in columns()) + " |",
-             "| --- |" + " ---: |" * len(columns())]
+    return (["| criterion | " + " | ".join(heading for heading, _, _ in COLUMNS) + " |",
+             "| --- |" + " ---: |" * len(COLUMNS)]
             + [f"| {name} | " + " | ".join(cells[name]) + " |" for name in names])
 
 
