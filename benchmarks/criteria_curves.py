@@ -5,21 +5,27 @@ What is measured
     ``--width``, trained for ``--steps`` steps on Fashion-MNIST) is copied once per variant
     and pruned by ``prune_loop`` down to ``--target`` of its FLOPs, with the same budget for
     every variant: rounds of ``--steps-per-round`` Adam steps (fresh optimizer, learning
-    rate 1e-3, the same shuffled batches) then ``prune(--max-to-prune)``.
+    rate 1e-3, the same shuffled batches, the same dropout masks: torch's generator is
+    seeded alike for every variant) then ``prune(--max-to-prune)``.
 
-    Two accuracies on ``--val-size`` held-out images:
+    Two accuracies:
 
-    - *After fine-tuning*, at 50% and 25% of the FLOPs: the models of the two rounds around
-      the level are copied and each fine-tuned for ``--recovery-steps`` Adam steps (fresh
-      optimizer, the same batches for every variant); the accuracy at the level is
+    - *After fine-tuning*, at 50% and 25% of the FLOPs, on the data set's test images
+      (10,000 for Fashion-MNIST): the models of the two rounds around the level are copied
+      and each fine-tuned for ``--recovery-steps`` Adam steps (fresh optimizer, the same
+      batches and dropout masks for every variant); the accuracy at the level is
       interpolated linearly in FLOPs between the two. This is what a user keeps.
-    - *Right after each prune*, on a copy whose batch-norm statistics are re-estimated on
-      ``--bn-batches`` training batches (``torch.optim.swa_utils.update_bn``): the damage of
-      the prune before any training repairs it. Without the re-estimation, the running
+    - *Right after each prune*, on ``--val-size`` held-out training images, on a copy whose
+      batch-norm statistics are re-estimated on ``--bn-batches`` training batches
+      (``torch.optim.swa_utils.update_bn``): the damage of the prune before any training
+      repairs it. Without the re-estimation, the running
       statistics of every batch norm after a pruned layer still describe inputs that are no
       longer there, and the accuracy swings by several points from one round to the next
       (the JSON keeps that raw accuracy as ``accuracy``). It is interpolated between the
       rounds at 75%, 50% and 25% of the FLOPs.
+
+    The copies measured along the way draw their random numbers from a generator of their
+    own (``own_generator``), so that measuring leaves the pruning run as it would be without.
 
     The variants: Taylor, activation mean, activation std, APoZ, minimum weight and random,
     each L2-normalised per layer, as the pruner ranks by default (``--ranking l2``; Taylor
@@ -42,7 +48,8 @@ import argparse
 import copy
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -73,6 +80,14 @@ FINE_TUNED_LEVELS = (0.5, 0.25)
 #: Added to the seed for the batches of the fine-tuning copies and of the batch-norm
 #: re-estimation, so that they differ from the pruning rounds' batches.
 RECOVERY_SEED, BN_SEED = 1000, 2000
+
+
+@contextmanager
+def own_generator(seed: int) -> Iterator[None]:
+    """Inside, torch's global (CPU) generator starts from ``seed``; after, it is as it was before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def variants(args: argparse.Namespace, seed: int, oracle_batches) -> dict[str, Callable[[torch.nn.Module], TaylorPruner]]:
@@ -124,9 +139,9 @@ class Measurements:
     the level (NaN until the run reaches it).
     """
 
-    def __init__(self, model: torch.nn.Module, train_set: Dataset, val_loader: DataLoader,
+    def __init__(self, model: torch.nn.Module, train_set: Dataset, val_loader: DataLoader, test_loader: DataLoader,
                  seed: int, recovery_steps: int, bn_batches: int) -> None:
-        self.model, self.train_set, self.val_loader = model, train_set, val_loader
+        self.model, self.train_set, self.val_loader, self.test_loader = model, train_set, val_loader, test_loader
         self.seed, self.recovery_steps = seed, recovery_steps
         loader = make_loader(train_set, BATCH_SIZE, shuffle=True, seed=seed + BN_SEED)
         self.bn_batches = [images for (images, _), _ in zip(loader, range(bn_batches))]
@@ -142,8 +157,9 @@ class Measurements:
             self.start_flops = row.flops
         fraction = row.flops / self.start_flops
         copied = copy.deepcopy(self.model)
-        update_bn(self.bn_batches, copied)
-        self.recalibrated.append(evaluate(copied, self.val_loader, progress=False))
+        with own_generator(self.seed + BN_SEED):  # its forward passes draw dropout masks, a loader its seed
+            update_bn(self.bn_batches, copied)
+            self.recalibrated.append(evaluate(copied, self.val_loader, progress=False))
         for level in FINE_TUNED_LEVELS:
             if self.fractions and fraction <= level < self.fractions[-1]:  # the first row at or below it
                 around = ((row.round - 1, self.fractions[-1], self.previous), (row.round, fraction, self.model))
@@ -157,13 +173,14 @@ class Measurements:
         self.previous = copy.deepcopy(self.model)
 
     def recovered_accuracy(self, model: torch.nn.Module) -> float:
-        """Accuracy of a copy of ``model`` after ``recovery_steps`` Adam steps (learning rate
-        1e-3) on batches that are the same for every variant."""
+        """Test accuracy of a copy of ``model`` after ``recovery_steps`` Adam steps (learning
+        rate 1e-3) on batches and dropout masks that are the same for every variant."""
         model = copy.deepcopy(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
         batches = endless(make_loader(self.train_set, BATCH_SIZE, shuffle=True, seed=self.seed + RECOVERY_SEED))
-        train_steps(model, optimizer, batches, self.recovery_steps, progress=False)
-        return evaluate(model, self.val_loader, progress=False)
+        with own_generator(self.seed + RECOVERY_SEED):
+            train_steps(model, optimizer, batches, self.recovery_steps, progress=False)
+            return evaluate(model, self.test_loader, progress=False)
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
@@ -174,12 +191,14 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     print(f"seed {seed}: start model trained, loss {loss:.3f}", flush=True)
     images, labels = train_set[list(range(args.oracle_images))]
     val_loader = make_loader(validation, 1000)
+    test_loader = make_loader(start_model.images(args.data, train=False), 1000)
     curves = {}
     for name, make_pruner in variants(args, seed, [(images, labels)]).items():
         model = copy.deepcopy(start)
         pruner = make_pruner(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-        measured = Measurements(model, train_set, val_loader, seed, args.recovery_steps, args.bn_batches)
+        measured = Measurements(model, train_set, val_loader, test_loader, seed, args.recovery_steps, args.bn_batches)
+        torch.manual_seed(seed)  # the same dropout masks for every variant
         started = time.perf_counter()
         history = prune_loop(
             model, pruner, make_loader(train_set, BATCH_SIZE, shuffle=True, seed=seed), val_loader, optimizer,
@@ -201,7 +220,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
 
 
 #: The table's columns: (heading, key of the curve's values, FLOPs level).
-COLUMNS = ([(f"fine-tuned, {level:.0%} FLOPs", "fine_tuned_at", level) for level in FINE_TUNED_LEVELS]
+COLUMNS = ([(f"fine-tuned, {level:.0%} FLOPs (test)", "fine_tuned_at", level) for level in FINE_TUNED_LEVELS]
            + [(f"right after prune, {level:.0%}", "at", level) for level in LEVELS])
 
 
@@ -246,7 +265,7 @@ def plot(per_seed: list[dict[str, dict]], title: str, path: Path) -> None:
     tuned.invert_xaxis()
     tuned.set_xticks([100 * level for level in FINE_TUNED_LEVELS])
     tuned.set_xlabel("FLOPs, % of the start model")
-    tuned.set_ylabel("validation accuracy after fine-tuning, %")
+    tuned.set_ylabel("test accuracy after fine-tuning, %")
     tuned.set_title("after fine-tuning (mean and standard deviation over the seeds)", fontsize=9)
     for axes in (curves, tuned):
         axes.grid(alpha=0.3)

@@ -95,13 +95,25 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
             assert sorted(tuned) == [after - 1, after]
             assert between(curve["fine_tuned_at"]["0.5"], list(tuned.values()))
             assert math.isnan(curve["fine_tuned_at"]["0.25"])
+            # ... on the digits' 359 test images, not on the 100 held-out ones
+            assert all(abs(359 * accuracy - round(359 * accuracy)) < 1e-6 for accuracy in tuned.values()), tuned
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
     assert rows[0].split("|")[2:-1] == [
-        " fine-tuned, 50% FLOPs ", " fine-tuned, 25% FLOPs ", " right after prune, 75% ", " right after prune, 50% ",
+        " fine-tuned, 50% FLOPs (test) ", " fine-tuned, 25% FLOPs (test) ", " right after prune, 75% ", " right after prune, 50% ",
         " right after prune, 25% ",
     ]
     assert [row.split("|")[1].strip() for row in rows[2:]] == names
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+    # Every variant starts from the same generator: the same pruner is the same run whatever
+    # its place among the variants (second in the L2 ranking, first in the FLOPs one).
+    flops_out = tmp_path / "curves_flops.md"
+    run_quick("criteria_curves.py", flops_out, "--jobs", "2", "--ranking", "flops")
+    flops_seeds = json.loads(flops_out.with_suffix(".json").read_text())["seeds"]
+    for seed, flops_seed in zip(seeds, flops_seeds):
+        regularised, same = seed["Taylor, FLOPs reg. 0.01"], flops_seed["Taylor"]
+        for key in ("flops", "accuracy", "recalibrated", "fine_tuned_rounds"):
+            assert regularised[key] == same[key], key
 
 
 def first_at_or_below(fractions: list[float], level: float) -> int:
@@ -116,6 +128,33 @@ def around(values: list[float], fractions: list[float], level: float) -> list[fl
 
 def between(value: float, bounds: list[float]) -> bool:
     return min(bounds) - 1e-9 <= value <= max(bounds) + 1e-9
+
+
+def test_criteria_curves_measurements_leave_torchs_generator_as_it_was():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import criteria_curves
+    import start_model
+    from models import VGG
+    from prunable_nn import Round
+    from prunable_nn.training import make_loader
+
+    torch.manual_seed(0)
+    model = VGG("vgg11", 10, 1, 28, width=0.0625, hidden=16)
+    train_set, validation = start_model.load("digits", 0, 100)
+    test_loader = make_loader(start_model.images("digits", train=False), 1000)
+    measured = criteria_curves.Measurements(model, train_set, make_loader(validation, 100), test_loader, 0,
+                                            recovery_steps=2, bn_batches=2)
+
+    def row(round_: int, flops: int) -> Round:
+        return Round(round_, units_left=10, units_removed=0, parameters=1, flops=flops, train_loss=None,
+                     accuracy=0.0, seconds=0.0)
+
+    state = torch.get_rng_state()
+    measured(row(0, 100))  # batch norm re-estimated, in training mode: dropout draws
+    assert torch.equal(torch.get_rng_state(), state)
+    measured(row(1, 40))  # past 50%: rounds 0 and 1 fine-tuned
+    assert sorted(measured.fine_tuned) == [0, 1]
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_criteria_curves_table_gives_mean_and_spread_and_bolds_each_columns_best():
