@@ -14,15 +14,18 @@ What is measured
       (10,000 for Fashion-MNIST): the models of the two rounds around the level are copied
       and each fine-tuned for ``--recovery-steps`` Adam steps (fresh optimizer, the same
       batches and dropout masks for every variant); the accuracy at the level is
-      interpolated linearly in FLOPs between the two. This is what a user keeps.
+      interpolated linearly in FLOPs between the two. This is what a user keeps. With
+      ``--total-steps T``, the copy of round ``r`` is fine-tuned for ``T - r *
+      --steps-per-round`` steps instead: every copy has then been trained for the same ``T``
+      steps since the start model, however many rounds its criterion took to reach the level.
     - *Right after each prune*, on ``--val-size`` held-out training images, on a copy whose
       batch-norm statistics are re-estimated on ``--bn-batches`` training batches
       (``torch.optim.swa_utils.update_bn``): the damage of the prune before any training
-      repairs it. Without the re-estimation, the running
-      statistics of every batch norm after a pruned layer still describe inputs that are no
-      longer there, and the accuracy swings by several points from one round to the next
-      (the JSON keeps that raw accuracy as ``accuracy``). It is interpolated between the
-      rounds at 75%, 50% and 25% of the FLOPs.
+      repairs it. Without the re-estimation, the running statistics of every batch norm
+      after a pruned layer still describe inputs that are no longer there, and the accuracy
+      swings by several points from one round to the next (the JSON keeps that raw accuracy
+      as ``accuracy``). It is interpolated between the rounds at 75%, 50% and 25% of the
+      FLOPs.
 
     The copies measured along the way draw their random numbers from a generator of their
     own (``own_generator``), so that measuring leaves the pruning run as it would be without.
@@ -37,7 +40,7 @@ What is measured
     variant's mean curve and its fine-tuned accuracies.
 
 Usage: ``python benchmarks/criteria_curves.py [--seeds N] [--jobs J] [--ranking l2|flops]
-[--target F] [--oracle] [--quick] [--out table.md]``; the plot (``.png``) and every number
+[--target F] [--total-steps T] [--oracle] [--quick] [--out table.md]``; the plot (``.png``) and every number
 (``.json``) go next to ``--out``. ``--jobs J`` runs J seeds at a time, each in its own
 process (the numbers are the same as one after another).
 """
@@ -134,13 +137,14 @@ class Measurements:
     ``on_round`` (the pruning run itself only ever sees copies being made).
 
     ``recalibrated[i]``: row ``i``'s accuracy with re-estimated batch-norm statistics;
-    ``fine_tuned``: round -> accuracy after ``recovery_steps``, for the rounds around each
-    of ``FINE_TUNED_LEVELS``; ``fine_tuned_at``: level -> those accuracies interpolated at
-    the level (NaN until the run reaches it).
+    ``fine_tuned``: round -> accuracy after ``recovery_steps(round)`` fine-tuning steps
+    (``fine_tuning_steps``: round -> those steps), for the rounds around each of
+    ``FINE_TUNED_LEVELS``; ``fine_tuned_at``: level -> those accuracies interpolated at the
+    level (NaN until the run reaches it).
     """
 
     def __init__(self, model: torch.nn.Module, train_set: Dataset, val_loader: DataLoader, test_loader: DataLoader,
-                 seed: int, recovery_steps: int, bn_batches: int) -> None:
+                 seed: int, recovery_steps: Callable[[int], int], bn_batches: int) -> None:
         self.model, self.train_set, self.val_loader, self.test_loader = model, train_set, val_loader, test_loader
         self.seed, self.recovery_steps = seed, recovery_steps
         loader = make_loader(train_set, BATCH_SIZE, shuffle=True, seed=seed + BN_SEED)
@@ -149,6 +153,7 @@ class Measurements:
         self.fractions: list[float] = []
         self.recalibrated: list[float] = []
         self.fine_tuned: dict[int, float] = {}
+        self.fine_tuning_steps: dict[int, int] = {}
         self.fine_tuned_at = {level: float("nan") for level in FINE_TUNED_LEVELS}
         self.previous: torch.nn.Module | None = None  # a copy of the model as the last row saw it
 
@@ -165,22 +170,38 @@ class Measurements:
                 around = ((row.round - 1, self.fractions[-1], self.previous), (row.round, fraction, self.model))
                 for round_, _, model in around:
                     if round_ not in self.fine_tuned:
-                        self.fine_tuned[round_] = self.recovered_accuracy(model)
+                        self.fine_tuning_steps[round_] = self.recovery_steps(round_)
+                        self.fine_tuned[round_] = self.recovered_accuracy(model, self.fine_tuning_steps[round_])
                 self.fine_tuned_at[level] = interpolated(
                     level, [at for _, at, _ in around], [self.fine_tuned[round_] for round_, _, _ in around]
                 )
         self.fractions.append(fraction)
         self.previous = copy.deepcopy(self.model)
 
-    def recovered_accuracy(self, model: torch.nn.Module) -> float:
-        """Test accuracy of a copy of ``model`` after ``recovery_steps`` Adam steps (learning
-        rate 1e-3) on batches and dropout masks that are the same for every variant."""
+    def recovered_accuracy(self, model: torch.nn.Module, steps: int) -> float:
+        """Test accuracy of a copy of ``model`` after ``steps`` Adam steps (learning rate
+        1e-3) on batches and dropout masks that are the same for every variant."""
         model = copy.deepcopy(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
         batches = endless(make_loader(self.train_set, BATCH_SIZE, shuffle=True, seed=self.seed + RECOVERY_SEED))
         with own_generator(self.seed + RECOVERY_SEED):
-            train_steps(model, optimizer, batches, self.recovery_steps, progress=False)
+            train_steps(model, optimizer, batches, steps, progress=False)
             return evaluate(model, self.test_loader, progress=False)
+
+
+def recovery_steps(args: argparse.Namespace) -> Callable[[int], int]:
+    """Round -> fine-tuning steps of the copy of that round's model: ``--recovery-steps``,
+    or what brings its training since the start model to ``--total-steps``."""
+    if args.total_steps is None:
+        return lambda round_: args.recovery_steps
+
+    def remaining(round_: int) -> int:
+        done = round_ * args.steps_per_round
+        if done > args.total_steps:
+            raise ValueError(f"--total-steps {args.total_steps} is fewer than the {done} steps of round {round_}")
+        return args.total_steps - done
+
+    return remaining
 
 
 def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
@@ -197,7 +218,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         model = copy.deepcopy(start)
         pruner = make_pruner(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-        measured = Measurements(model, train_set, val_loader, test_loader, seed, args.recovery_steps, args.bn_batches)
+        measured = Measurements(model, train_set, val_loader, test_loader, seed, recovery_steps(args), args.bn_batches)
         torch.manual_seed(seed)  # the same dropout masks for every variant
         started = time.perf_counter()
         history = prune_loop(
@@ -210,6 +231,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
             "recalibrated": measured.recalibrated, "parameters": [row.parameters for row in history],
             "at": {str(level): interpolated(level, measured.fractions, measured.recalibrated) for level in LEVELS},
             "fine_tuned_rounds": {str(round_): accuracy for round_, accuracy in sorted(measured.fine_tuned.items())},
+            "fine_tuning_steps": {str(round_): steps for round_, steps in sorted(measured.fine_tuning_steps.items())},
             "fine_tuned_at": {str(level): accuracy for level, accuracy in measured.fine_tuned_at.items()},
             "seconds": time.perf_counter() - started,
         }
@@ -281,6 +303,8 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps-per-round", type=int, default=30)
     parser.add_argument("--max-to-prune", type=int, default=32)
     parser.add_argument("--recovery-steps", type=int, default=150, help="fine-tuning steps of the fine-tuned accuracies")
+    parser.add_argument("--total-steps", type=int, help="instead, fine-tune every copy to this many training steps "
+                                                         "since the start model, the pruning rounds' included")
     parser.add_argument("--bn-batches", type=int, default=20, help="training batches that re-estimate batch norm")
     parser.add_argument("--ranking", choices=("l2", "flops"), default="l2",
                         help="l2: every criterion L2-normalised (and Taylor two more ways); flops: every "
@@ -309,11 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             per_seed = list(pool.map(one_seed, [args] * args.seeds, range(args.seeds)))
     else:
         per_seed = [one_seed(args, seed) for seed in range(args.seeds)]
+    fine_tuning = (f"{args.recovery_steps} steps" if args.total_steps is None
+                   else f"to {args.total_steps} steps since the start model")
     ranked = "L2-normalised" if args.ranking == "l2" else f"L2-normalised, FLOPs reg. {args.flops_regularization:g}"
     title = (
         f"VGG-11 width {args.width:g} on {args.data}, criteria {ranked}:\n{args.steps} training steps, then "
         f"rounds of {args.steps_per_round} steps and up to {args.max_to_prune} channels; fine-tuning "
-        f"{args.recovery_steps} steps; mean of {args.seeds} seeds"
+        f"{fine_tuning}; mean of {args.seeds} seeds"
     )
     header = f"{title.replace(chr(10), ' ')} ({report.machine()})"
     report.write(args, header, table(per_seed), {"seeds": per_seed})

@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their own modules: so do these tests
 
 
 def run_quick(script: str, out: Path, *options: str) -> subprocess.CompletedProcess:
@@ -93,6 +95,7 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
             after = first_at_or_below(flops, 0.5)
             tuned = {int(round_): accuracy for round_, accuracy in curve["fine_tuned_rounds"].items()}
             assert sorted(tuned) == [after - 1, after]
+            assert curve["fine_tuning_steps"] == {str(round_): 2 for round_ in sorted(tuned)}  # --recovery-steps
             assert between(curve["fine_tuned_at"]["0.5"], list(tuned.values()))
             assert math.isnan(curve["fine_tuned_at"]["0.25"])
             # ... on the digits' 359 test images, not on the 100 held-out ones
@@ -130,8 +133,8 @@ def between(value: float, bounds: list[float]) -> bool:
     return min(bounds) - 1e-9 <= value <= max(bounds) + 1e-9
 
 
-def test_criteria_curves_measurements_leave_torchs_generator_as_it_was():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+def curves_measurements(recovery_steps):
+    """``criteria_curves.Measurements`` of a tiny VGG on the digits, and a maker of its rows."""
     import criteria_curves
     import start_model
     from models import VGG
@@ -143,12 +146,17 @@ def test_criteria_curves_measurements_leave_torchs_generator_as_it_was():
     train_set, validation = start_model.load("digits", 0, 100)
     test_loader = make_loader(start_model.images("digits", train=False), 1000)
     measured = criteria_curves.Measurements(model, train_set, make_loader(validation, 100), test_loader, 0,
-                                            recovery_steps=2, bn_batches=2)
+                                            recovery_steps, bn_batches=2)
 
     def row(round_: int, flops: int) -> Round:
         return Round(round_, units_left=10, units_removed=0, parameters=1, flops=flops, train_loss=None,
                      accuracy=0.0, seconds=0.0)
 
+    return measured, row
+
+
+def test_criteria_curves_measurements_leave_torchs_generator_as_it_was():
+    measured, row = curves_measurements(lambda round_: 2)
     state = torch.get_rng_state()
     measured(row(0, 100))  # batch norm re-estimated, in training mode: dropout draws
     assert torch.equal(torch.get_rng_state(), state)
@@ -157,8 +165,28 @@ def test_criteria_curves_measurements_leave_torchs_generator_as_it_was():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_criteria_curves_total_steps_fine_tunes_every_copy_to_the_same_training(monkeypatch):
+    import criteria_curves
+
+    parse = criteria_curves.main_parser().parse_args
+    assert [criteria_curves.recovery_steps(parse([]))(round_) for round_ in (0, 7)] == [150, 150]
+    to_ten = criteria_curves.recovery_steps(parse(["--total-steps", "10", "--steps-per-round", "3"]))
+    assert [to_ten(round_) for round_ in (0, 1, 3)] == [10, 7, 1]
+    with pytest.raises(ValueError, match=r"--total-steps 10 is fewer than the 12 steps of round 4"):
+        to_ten(4)
+
+    trained = []
+    real_train_steps = criteria_curves.train_steps
+    monkeypatch.setattr(criteria_curves, "train_steps",
+                        lambda model, optimizer, batches, steps, **kw: trained.append(steps)
+                        or real_train_steps(model, optimizer, batches, steps, **kw))
+    measured, row = curves_measurements(to_ten)
+    for round_, flops in enumerate((100, 80, 60, 40)):
+        measured(row(round_, flops))
+    assert trained == [4, 1] and measured.fine_tuning_steps == {2: 4, 3: 1}  # rounds 2 and 3, around 50%
+
+
 def test_criteria_curves_table_gives_mean_and_spread_and_bolds_each_columns_best():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import criteria_curves
 
     def curve(tuned: float, after: float) -> dict:
@@ -225,7 +253,6 @@ def test_vs_torch_pruning_quick_run_with_rounding_keeps_whole_blocks_in_both_lib
 
 
 def test_criteria_curves_rankings_give_every_criterion_the_same_ranking():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import criteria_curves
     from models import VGG
 
