@@ -40,8 +40,8 @@ What is measured
     variant's mean curve and its fine-tuned accuracies.
 
 Usage: ``python benchmarks/criteria_curves.py [--seeds N] [--jobs J] [--ranking l2|flops]
-[--target F] [--total-steps T] [--oracle] [--quick] [--out table.md]``; the plot (``.png``) and every number
-(``.json``) go next to ``--out``. ``--jobs J`` runs J seeds at a time, each in its own
+[--target F] [--total-steps T] [--oracle] [--quick] [--out table.md]``; the plot (``.png``)
+and every number (``.json``) go next to ``--out``. ``--jobs J`` runs J seeds at a time, each in its own
 process (the numbers are the same as one after another).
 """
 
@@ -136,11 +136,11 @@ class Measurements:
     """The benchmark's own accuracies of one variant's run, taken from ``prune_loop``'s
     ``on_round`` (the pruning run itself only ever sees copies being made).
 
-    ``recalibrated[i]``: row ``i``'s accuracy with re-estimated batch-norm statistics;
-    ``fine_tuned``: round -> accuracy after ``recovery_steps(round)`` fine-tuning steps
-    (``fine_tuning_steps``: round -> those steps), for the rounds around each of
-    ``FINE_TUNED_LEVELS``; ``fine_tuned_at``: level -> those accuracies interpolated at the
-    level (NaN until the run reaches it).
+    ``recalibrated[i]``: row ``i``'s accuracy on ``val_loader`` with re-estimated batch-norm
+    statistics; ``fine_tuned``: round -> accuracy on ``test_loader`` after
+    ``recovery_steps(round)`` fine-tuning steps (``fine_tuning_steps``: round -> those
+    steps), for the rounds around each of ``FINE_TUNED_LEVELS``; ``fine_tuned_at``: level ->
+    those accuracies interpolated at the level (NaN until the run reaches it).
     """
 
     def __init__(self, model: torch.nn.Module, train_set: Dataset, val_loader: DataLoader, test_loader: DataLoader,
@@ -162,7 +162,7 @@ class Measurements:
             self.start_flops = row.flops
         fraction = row.flops / self.start_flops
         copied = copy.deepcopy(self.model)
-        with own_generator(self.seed + BN_SEED):  # its forward passes draw dropout masks, a loader its seed
+        with own_generator(self.seed + BN_SEED):  # update_bn draws dropout masks, evaluate's loader a seed
             update_bn(self.bn_batches, copied)
             self.recalibrated.append(evaluate(copied, self.val_loader, progress=False))
         for level in FINE_TUNED_LEVELS:
