@@ -41,8 +41,8 @@ What is measured
 
 Usage: ``python benchmarks/criteria_curves.py [--seeds N] [--jobs J] [--ranking l2|flops]
 [--target F] [--total-steps T] [--oracle] [--quick] [--out table.md]``; the plot (``.png``)
-and every number (``.json``) go next to ``--out``. ``--jobs J`` runs J seeds at a time, each in its own
-process (the numbers are the same as one after another).
+and every number (``.json``) go next to ``--out``. ``--jobs J`` runs J seeds at a time, each
+in its own process (the numbers are the same as one after another).
 """
 
 from __future__ import annotations
