@@ -235,9 +235,10 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
             "fine_tuned_at": {str(level): accuracy for level, accuracy in measured.fine_tuned_at.items()},
             "seconds": time.perf_counter() - started,
         }
-        tuned = ", ".join(f"{level:.0%}: {curves[name]['fine_tuned_at'][str(level)]:.2%}" for level in FINE_TUNED_LEVELS)
+        tuned = ", ".join(f"{level:.0%}: {accuracy:.2%}" for level, accuracy in measured.fine_tuned_at.items()
+                          if not np.isnan(accuracy))  # a level below the target is never reached
         print(f"  seed {seed}, {name}: {len(history) - 1} rounds in {curves[name]['seconds']:.0f} s; "
-              f"fine-tuned accuracy at {tuned}", flush=True)
+              f"fine-tuned accuracy at {tuned or 'no level'}", flush=True)
     return curves
 
 

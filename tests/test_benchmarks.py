@@ -104,6 +104,13 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
             assert flops[-1] <= 0.5 and sorted(tuned) == sorted(brackets)
             # ... on the digits' 359 test images, not on the 100 held-out ones
             assert all(abs(359 * accuracy - round(359 * accuracy)) < 1e-6 for accuracy in tuned.values()), tuned
+    # The progress lines name the fine-tuned levels a curve reached, and no others.
+    for index, seed in enumerate(seeds):
+        for name, curve in seed.items():
+            line = next(line for line in run.stdout.splitlines() if line.startswith(f"  seed {index}, {name}: "))
+            reached = ", ".join(f"{float(level):.0%}: {accuracy:.2%}" for level, accuracy in curve["fine_tuned_at"].items()
+                                if not math.isnan(accuracy))
+            assert line.endswith(f"fine-tuned accuracy at {reached}"), line
     rows = [line for line in out.read_text().splitlines() if line.startswith("| ")]
     assert rows[0].split("|")[2:-1] == [
         " fine-tuned, 50% FLOPs (test) ", " fine-tuned, 25% FLOPs (test) ", " right after prune, 75% ", " right after prune, 50% ",
