@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -268,25 +269,27 @@ def table(per_seed: list[dict[str, dict]]) -> list[str]:
 def plot(per_seed: list[dict[str, dict]], title: str, path: Path) -> None:
     """Left: each variant's accuracy right after each prune (batch norm re-estimated), the
     mean over the seeds on a common grid. Right: the fine-tuned accuracies at their levels,
-    mean and standard deviation."""
+    mean and standard deviation, at the levels that some curve reached."""
     grid = np.linspace(1.0, max(min(curve["flops"][-1] for curve in seed.values()) for seed in per_seed), 60)
     figure, (curves, tuned) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2))
     names = list(per_seed[0])
+    levels = [level for level in FINE_TUNED_LEVELS
+              if any(not np.isnan(seed[name]["fine_tuned_at"][str(level)]) for seed in per_seed for name in names)]
     for offset, name in enumerate(names):
         style = "--" if name == "random" else "-"
         mean = np.mean([np.interp(grid, seed[name]["flops"][::-1], seed[name]["recalibrated"][::-1]) for seed in per_seed], axis=0)
         line, = curves.plot(100 * grid, 100 * mean, label=name, linestyle=style)
-        values = np.array([[seed[name]["fine_tuned_at"][str(level)] for level in FINE_TUNED_LEVELS] for seed in per_seed])
+        values = np.array([[seed[name]["fine_tuned_at"][str(level)] for level in levels] for seed in per_seed])
         shift = ((len(names) - 1) / 2 - offset) * 1.2  # the legend's order, left to right on the inverted axis
-        tuned.errorbar(100 * np.array(FINE_TUNED_LEVELS) + shift, 100 * values.mean(axis=0), yerr=100 * values.std(axis=0),
+        tuned.errorbar(100 * np.array(levels) + shift, 100 * values.mean(axis=0), yerr=100 * values.std(axis=0),
                        fmt="o", color=line.get_color(), capsize=3, label=name)
     curves.invert_xaxis()
     curves.set_xlabel("FLOPs, % of the start model")
     curves.set_ylabel("validation accuracy right after each prune, %\n(batch-norm statistics re-estimated)")
-    curves.set_title(title, fontsize=9)
+    curves.set_title(textwrap.fill(title, 100), fontsize=9)
     curves.legend(fontsize=8)
     tuned.invert_xaxis()
-    tuned.set_xticks([100 * level for level in FINE_TUNED_LEVELS])
+    tuned.set_xticks([100 * level for level in levels])
     tuned.set_xlabel("FLOPs, % of the start model")
     tuned.set_ylabel("test accuracy after fine-tuning, %")
     tuned.set_title("after fine-tuning (mean and standard deviation over the seeds)", fontsize=9)
@@ -338,11 +341,11 @@ def main(argv: list[str] | None = None) -> int:
                    else f"to {args.total_steps} steps since the start model")
     ranked = "L2-normalised" if args.ranking == "l2" else f"L2-normalised, FLOPs reg. {args.flops_regularization:g}"
     title = (
-        f"VGG-11 width {args.width:g} on {args.data}, criteria {ranked}:\n{args.steps} training steps, then "
+        f"VGG-11 width {args.width:g} on {args.data}, criteria {ranked}: {args.steps} training steps, then "
         f"rounds of {args.steps_per_round} steps and up to {args.max_to_prune} channels; fine-tuning "
         f"{fine_tuning}; mean of {args.seeds} seeds"
     )
-    header = f"{title.replace(chr(10), ' ')} ({report.machine()})"
+    header = f"{title} ({report.machine()})"
     report.write(args, header, table(per_seed), {"seeds": per_seed})
     plot(per_seed, title, args.out.with_suffix(".png"))
     return 0

@@ -210,6 +210,21 @@ def test_criteria_curves_table_gives_mean_and_spread_and_bolds_each_columns_best
     assert cells["b"] == ["**88.00% ± 2.83**", "-", "40.00% ± 0.00", "40.00% ± 0.00", "40.00% ± 0.00"]
 
 
+def test_criteria_curves_plot_marks_only_the_fine_tuned_levels_some_curve_reached(tmp_path, monkeypatch):
+    import criteria_curves
+
+    def curve(tuned_at_25: float) -> dict:
+        return {"flops": [1.0, 0.4], "recalibrated": [0.9, 0.8], "fine_tuned_at": {"0.5": 0.85, "0.25": tuned_at_25}}
+
+    figures = []
+    monkeypatch.setattr(criteria_curves.plt, "close", figures.append)
+    criteria_curves.plot([{"a": curve(math.nan), "b": curve(math.nan)}], "stops at 40%", tmp_path / "a.png")
+    criteria_curves.plot([{"a": curve(math.nan), "b": curve(0.8)}], "one reaches 25%", tmp_path / "b.png")
+    ticks = [list(figure.axes[1].get_xticks()) for figure in figures]
+    assert ticks == [[50.0], [50.0, 25.0]]
+    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("a.png", "b.png"))
+
+
 def test_latency_quick_run_relates_speed_ups_to_flops_factors(tmp_path):
     out = tmp_path / "latency.md"
     run_quick("latency.py", out)
