@@ -35,12 +35,13 @@ What is measured
     also without the normalisation and with FLOPs regularisation ``--flops-regularization``),
     or every one of them with that FLOPs regularisation too (``--ranking flops``); and, with
     ``--oracle``, the oracle on ``--oracle-images`` training images (one pass of those
-    images per prunable channel at every prune: slow). The table gives the mean and standard
+    images per prunable channel at every prune: slow). ``--only NAME`` (repeated) runs just
+    the variants named, each the same run as among all the others. The table gives the mean and standard
     deviation over the seeds, the best mean of each column in bold; the plot shows every
     variant's mean curve and its fine-tuned accuracies.
 
 Usage: ``python benchmarks/criteria_curves.py [--seeds N] [--jobs J] [--ranking l2|flops]
-[--target F] [--total-steps T] [--oracle] [--quick] [--out table.md]``; the plot (``.png``)
+[--target F] [--total-steps T] [--oracle] [--only NAME ...] [--quick] [--out table.md]``; the plot (``.png``)
 and every number (``.json``) go next to ``--out``. ``--jobs J`` runs J seeds at a time, each
 in its own process (the numbers are the same as one after another).
 """
@@ -99,7 +100,8 @@ def variants(args: argparse.Namespace, seed: int, oracle_batches) -> dict[str, C
 
     ``--ranking l2``: every criterion L2-normalised per layer, and Taylor also without the
     normalisation and with FLOPs regularisation. ``--ranking flops``: every criterion
-    L2-normalised with FLOPs regularisation ``--flops-regularization``.
+    L2-normalised with FLOPs regularisation ``--flops-regularization``. ``--only``: just
+    the variants it names.
     """
     penalty = args.flops_regularization if args.ranking == "flops" else 0.0
 
@@ -121,8 +123,8 @@ def variants(args: argparse.Namespace, seed: int, oracle_batches) -> dict[str, C
         "random": pruner(RandomScores(seed)),
     })
     if args.oracle:
-        made["oracle"] = pruner(Oracle(oracle_batches))
-    return made
+        made["oracle"] = lambda model: pruner(Oracle(oracle_batches))(model)  # needs the batches when it runs
+    return {name: make for name, make in made.items() if not args.only or name in args.only}
 
 
 def interpolated(level: float, fractions: list[float], accuracies: list[float]) -> float:
@@ -317,6 +319,8 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-size", type=int, default=2000)
     parser.add_argument("--oracle", action="store_true", help="also prune by the oracle (slow)")
     parser.add_argument("--oracle-images", type=int, default=256)
+    parser.add_argument("--only", action="append", metavar="VARIANT",
+                        help="run only this variant, named as in the table (repeat for more)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at a time, each in its own process")
     start_model.add_arguments(parser, seeds=3)
     report.add_common_arguments(parser, "criteria_curves.md")
@@ -331,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         args.recovery_steps, args.bn_batches, args.oracle, args.oracle_images = 2, 2, True, 16
     if args.threads:
         torch.set_num_threads(args.threads)
+    known = list(variants(argparse.Namespace(**{**vars(args), "only": None}), 0, oracle_batches=[]))
+    for name in set(args.only or ()) - set(known):
+        main_parser().error(f"--only {name!r} is not a variant of --ranking {args.ranking}; "
+                            f"they are: {', '.join(map(repr, known))}")
 
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:

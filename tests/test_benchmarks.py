@@ -128,6 +128,24 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
         regularised, same = seed["Taylor, FLOPs reg. 0.01"], flops_seed["Taylor"]
         for key in ("flops", "accuracy", "recalibrated", "fine_tuned_rounds"):
             assert regularised[key] == same[key], key
+    # ... and alone, with --only.
+    only_out = tmp_path / "curves_only.md"
+    run_quick("criteria_curves.py", only_out, "--only", "random", "--only", "APoZ")
+    only_seeds = json.loads(only_out.with_suffix(".json").read_text())["seeds"]
+    for seed, only_seed in zip(seeds, only_seeds):
+        assert list(only_seed) == ["APoZ", "random"]  # in the table's order
+        for name in only_seed:
+            for key in ("flops", "accuracy", "recalibrated", "fine_tuned_rounds"):
+                assert only_seed[name][key] == seed[name][key], (name, key)
+
+
+def test_criteria_curves_only_refuses_a_name_that_is_no_variant(tmp_path):
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteria_curves.py"), "--quick", "--out",
+                          str(tmp_path / "curves.md"), "--only", "Taylor", "--only", "Random"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 2 and "--only 'Random' is not a variant of --ranking l2" in run.stderr
+    assert "'Taylor, no L2'" in run.stderr and "'random'" in run.stderr  # the names it knows
+    assert not (tmp_path / "curves.json").exists()
 
 
 def first_at_or_below(fractions: list[float], level: float) -> int:
