@@ -36,14 +36,14 @@ What is measured
     or every one of them with that FLOPs regularisation too (``--ranking flops``); and, with
     ``--oracle``, the oracle on ``--oracle-images`` training images (one pass of those
     images per prunable channel at every prune: slow). ``--only NAME`` (repeated) runs just
-    the variants named, each the same run as among all the others. The table gives the mean and standard
-    deviation over the seeds, the best mean of each column in bold; the plot shows every
-    variant's mean curve and its fine-tuned accuracies.
+    the variants named, each the same run as among all the others. The table gives the mean
+    and standard deviation over the seeds, the best mean of each column in bold; the plot
+    shows every variant's mean curve and its fine-tuned accuracies.
 
 Usage: ``python benchmarks/criteria_curves.py [--seeds N] [--jobs J] [--ranking l2|flops]
-[--target F] [--total-steps T] [--oracle] [--only NAME ...] [--quick] [--out table.md]``; the plot (``.png``)
-and every number (``.json``) go next to ``--out``. ``--jobs J`` runs J seeds at a time, each
-in its own process (the numbers are the same as one after another).
+[--target F] [--total-steps T] [--oracle] [--only NAME ...] [--quick] [--out table.md]``;
+the plot (``.png``) and every number (``.json``) go next to ``--out``. ``--jobs J`` runs J
+seeds at a time, each in its own process (the numbers are the same as one after another).
 """
 
 from __future__ import annotations
@@ -328,7 +328,8 @@ def main_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = main_parser().parse_args(argv)
+    parser = main_parser()
+    args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.width, args.hidden, args.steps, args.target = 2, 0.0625, 16, 20, 0.5
         args.steps_per_round, args.max_to_prune, args.val_size, args.data = 2, 32, 100, "digits"
@@ -337,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     known = list(variants(argparse.Namespace(**{**vars(args), "only": None}), 0, oracle_batches=[]))
     for name in set(args.only or ()) - set(known):
-        main_parser().error(f"--only {name!r} is not a variant of --ranking {args.ranking}; "
-                            f"they are: {', '.join(map(repr, known))}")
+        parser.error(f"--only {name!r} is not a variant of --ranking {args.ranking}; "
+                     f"they are: {', '.join(map(repr, known))}")
 
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
