@@ -100,8 +100,7 @@ def variants(args: argparse.Namespace, seed: int, oracle_batches) -> dict[str, C
 
     ``--ranking l2``: every criterion L2-normalised per layer, and Taylor also without the
     normalisation and with FLOPs regularisation. ``--ranking flops``: every criterion
-    L2-normalised with FLOPs regularisation ``--flops-regularization``. ``--only``: just
-    the variants it names.
+    L2-normalised with FLOPs regularisation ``--flops-regularization``.
     """
     penalty = args.flops_regularization if args.ranking == "flops" else 0.0
 
@@ -124,7 +123,7 @@ def variants(args: argparse.Namespace, seed: int, oracle_batches) -> dict[str, C
     })
     if args.oracle:
         made["oracle"] = lambda model: pruner(Oracle(oracle_batches))(model)  # needs the batches when it runs
-    return {name: make for name, make in made.items() if not args.only or name in args.only}
+    return made
 
 
 def interpolated(level: float, fractions: list[float], accuracies: list[float]) -> float:
@@ -218,6 +217,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
     test_loader = make_loader(start_model.images(args.data, train=False), 1000)
     curves = {}
     for name, make_pruner in variants(args, seed, [(images, labels)]).items():
+        if args.only and name not in args.only:
+            continue
         model = copy.deepcopy(start)
         pruner = make_pruner(model)
         optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         args.recovery_steps, args.bn_batches, args.oracle, args.oracle_images = 2, 2, True, 16
     if args.threads:
         torch.set_num_threads(args.threads)
-    known = list(variants(argparse.Namespace(**{**vars(args), "only": None}), 0, oracle_batches=[]))
+    known = list(variants(args, 0, oracle_batches=[]))
     for name in set(args.only or ()) - set(known):
         parser.error(f"--only {name!r} is not a variant of --ranking {args.ranking}; "
                      f"they are: {', '.join(map(repr, known))}")
