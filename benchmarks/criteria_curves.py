@@ -6,7 +6,10 @@ What is measured
     and pruned by ``prune_loop`` down to ``--target`` of its FLOPs, with the same budget for
     every variant: rounds of ``--steps-per-round`` Adam steps (fresh optimizer, learning
     rate 1e-3, the same shuffled batches, the same dropout masks: torch's generator is
-    seeded alike for every variant) then ``prune(--max-to-prune)``.
+    seeded alike for every variant) then ``prune(--max-to-prune)``. With
+    ``--flops-per-round F``, every prune removes ``F`` of the start model's FLOPs instead
+    (``prune_loop(flops_per_round=F)``): every criterion then reaches a level in about the
+    same number of rounds, so with the same training.
 
     Two accuracies:
 
@@ -41,7 +44,7 @@ What is measured
     shows every variant's mean curve and its fine-tuned accuracies.
 
 Usage: ``python benchmarks/criteria_curves.py [--seeds N] [--jobs J] [--ranking l2|flops]
-[--target F] [--total-steps T] [--oracle] [--only NAME ...] [--quick] [--out table.md]``;
+[--target F] [--flops-per-round F] [--total-steps T] [--oracle] [--only NAME ...] [--quick] [--out table.md]``;
 the plot (``.png``) and every number (``.json``) go next to ``--out``. ``--jobs J`` runs J
 seeds at a time, each in its own process (the numbers are the same as one after another).
 """
@@ -228,7 +231,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         history = prune_loop(
             model, pruner, make_loader(train_set, BATCH_SIZE, shuffle=True, seed=seed), val_loader, optimizer,
             target=FlopsTarget(args.target), steps_per_round=args.steps_per_round,
-            max_to_prune=args.max_to_prune, progress=False, on_round=measured,
+            max_to_prune=None if args.flops_per_round else args.max_to_prune, flops_per_round=args.flops_per_round,
+            progress=False, on_round=measured,
         )
         curves[name] = {
             "flops": measured.fractions, "accuracy": [row.accuracy for row in history],
@@ -309,6 +313,9 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", type=float, default=0.25, help="prune down to this fraction of the FLOPs")
     parser.add_argument("--steps-per-round", type=int, default=30)
     parser.add_argument("--max-to-prune", type=int, default=32)
+    parser.add_argument("--flops-per-round", type=float, metavar="F",
+                        help="instead, every prune removes this fraction of the start model's FLOPs, "
+                             "so that every criterion reaches a level in about the same rounds")
     parser.add_argument("--recovery-steps", type=int, default=150, help="fine-tuning steps of the fine-tuned accuracies")
     parser.add_argument("--total-steps", type=int, help="instead, fine-tune every copy to this many training steps "
                                                          "since the start model, the pruning rounds' included")
@@ -349,10 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         per_seed = [one_seed(args, seed) for seed in range(args.seeds)]
     fine_tuning = (f"{args.recovery_steps} steps" if args.total_steps is None
                    else f"to {args.total_steps} steps since the start model")
+    pruned = (f"up to {args.max_to_prune} channels" if args.flops_per_round is None
+              else f"{args.flops_per_round:.1%} of the FLOPs")
     ranked = "L2-normalised" if args.ranking == "l2" else f"L2-normalised, FLOPs reg. {args.flops_regularization:g}"
     title = (
         f"VGG-11 width {args.width:g} on {args.data}, criteria {ranked}: {args.steps} training steps, then "
-        f"rounds of {args.steps_per_round} steps and up to {args.max_to_prune} channels; fine-tuning "
+        f"rounds of {args.steps_per_round} steps and {pruned}; fine-tuning "
         f"{fine_tuning}; mean of {args.seeds} seeds"
     )
     header = f"{title} ({report.machine()})"

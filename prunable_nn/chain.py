@@ -248,17 +248,18 @@ class ChannelMap:
         prunable[list(self.frozen)] = False
         return prunable
 
-    def removable(self, blocks: Iterable[Sequence[int]], limit: int | None = None) -> list[int]:
-        """The units of the ``blocks`` that can go, whole blocks taken in order while every
-        member keeps a position and at most ``limit`` units are chosen; a block that does not
-        fit is passed over."""
+    def removable(self, blocks: Iterable[Sequence[int]], limit: int | None = None) -> list[Sequence[int]]:
+        """The ``blocks`` that can go, taken whole and in order while every member keeps a
+        position and at most ``limit`` units are chosen; a block that does not fit is passed
+        over."""
         prunable = self.prunable.tolist()
         room = [len(member.units) - 1 for member in self.members]
-        chosen: list[int] = []
+        chosen: list[Sequence[int]] = []
+        taken = 0
         for block in blocks:
-            if limit is not None and len(chosen) == limit:
+            if limit is not None and taken == limit:
                 break
-            if (limit is not None and len(chosen) + len(block) > limit) or not all(prunable[unit] for unit in block):
+            if (limit is not None and taken + len(block) > limit) or not all(prunable[unit] for unit in block):
                 continue
             usage: dict[int, int] = {}
             for unit in block:
@@ -268,7 +269,8 @@ class ChannelMap:
                 continue
             for index, count in usage.items():
                 room[index] -= count
-            chosen.extend(block)
+            chosen.append(block)
+            taken += len(block)
         return chosen
 
     def plan(self, units: torch.Tensor) -> list[tuple[Member, torch.Tensor]]:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from .distributed import all_reduce_mean, is_distributed, rewrap
 from .flops import count_flops, count_parameters
-from .pruner import TaylorPruner
+from .pruner import TaylorPruner, check_budget
 from .training import LossFunction, endless, evaluate, progress_disabled, train_steps
 
 
@@ -166,7 +166,8 @@ def prune_loop(
     *,
     target: Target | Sequence[Target],
     steps_per_round: int,
-    max_to_prune: int = 8,
+    max_to_prune: int | None = 8,
+    flops_per_round: float | None = None,
     max_rounds: int | None = None,
     loss_fn: LossFunction = F.cross_entropy,
     progress: bool | None = None,
@@ -180,6 +181,12 @@ def prune_loop(
     then a measurement (see :class:`Round`). Estimates gathered before the call are
     forgotten, so every round ranks channels by its own fine-tuning steps; when the loop
     returns, the last prune has reset them.
+
+    ``flops_per_round`` (in (0, 1]): every prune stops once the channels it removes take
+    that fraction of the starting model's FLOPs (``prune(flops=...)``; pass
+    ``max_to_prune=None`` for no limit on their number). Each round then shrinks the model
+    by about the same FLOPs, so a target is reached in about the same number of rounds
+    whichever channels the criterion picks.
 
     Stops at the first row where ``target`` (or any of a sequence of targets) is reached (that
     row has ``reached=True``; it may be row 0, e.g. ``FlopsTarget(1.0)``), when nothing is left
@@ -207,12 +214,10 @@ def prune_loop(
     """
     targets = _checked_targets(target)
     _check_positive("steps_per_round", steps_per_round)
-    _check_positive("max_to_prune", max_to_prune)
-    if max_to_prune < pruner.round_to:
-        raise ValueError(
-            f"max_to_prune ({max_to_prune}) must be at least the pruner's round_to ({pruner.round_to}): "
-            "channels go in blocks of round_to"
-        )
+    fraction = flops_per_round
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1):
+        raise ValueError(f"flops_per_round must be in (0, 1] or None, got {fraction!r}")
+    check_budget(max_to_prune, flops_per_round, pruner.round_to)  # a fraction stands for the FLOPs
     if max_rounds is not None:
         _check_positive("max_rounds", max_rounds)
     wrapped = model if isinstance(model, DistributedDataParallel) else None
@@ -268,7 +273,8 @@ def prune_loop(
             loss = train_steps(
                 model, optimizer, batches, steps_per_round, desc=f"round {round_}", progress=progress, loss_fn=loss_fn
             )
-            removals = pruner.prune(max_to_prune, optimizer=optimizer)
+            flops = None if flops_per_round is None else flops_per_round * history[0].flops
+            removals = pruner.prune(max_to_prune, optimizer=optimizer, flops=flops)
             if wrapped is not None:
                 model = wrapped = rewrap(wrapped, optimizer)  # DDP's buckets hold the old shapes
             row = measure(round_, sum(len(removal.indices) for removal in removals), loss)

@@ -52,6 +52,9 @@ class PrunableModule(nn.Module):
         """Channels that can still be removed."""
         return self.pruner.num_prunables
 
-    def prune(self, max_to_prune: int = 8, optimizer: torch.optim.Optimizer | None = None) -> list[Removal]:
-        """Remove up to ``max_to_prune`` of the globally least important channels."""
-        return self.pruner.prune(max_to_prune, optimizer)
+    def prune(
+        self, max_to_prune: int | None = 8, optimizer: torch.optim.Optimizer | None = None, *, flops: float | None = None
+    ) -> list[Removal]:
+        """Remove up to ``max_to_prune`` of the globally least important channels, stopping
+        once they take ``flops`` FLOPs (:meth:`TaylorPruner.prune`)."""
+        return self.pruner.prune(max_to_prune, optimizer, flops=flops)

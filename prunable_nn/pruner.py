@@ -10,8 +10,10 @@ changes, so an error leaves the model exactly as it was.
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
+from numbers import Real
 
 import torch
 from torch import nn
@@ -23,7 +25,7 @@ from .distributed import ProcessGroup, check_agreement, is_distributed, reduced_
 from .flops import ExampleInputs, flops_per_module
 from .graph import channel_flow
 from .layers import PrunableLayer
-from .ranking import l2_normalise, lowest_blocks, relative_costs
+from .ranking import l2_normalise, lowest_blocks, reaching, relative_costs
 from .trace import trace
 
 
@@ -123,7 +125,7 @@ class TaylorPruner:
     def num_prunables(self) -> int:
         """Units of channels that can still be removed (every layer keeps one, every chain
         a multiple of ``round_to``)."""
-        return len(self.map.removable(self._blocks(torch.zeros(self.map.num_units))))
+        return sum(map(len, self.map.removable(self._blocks(torch.zeros(self.map.num_units)))))
 
     @property
     def estimator_members(self) -> list[Member]:
@@ -147,9 +149,17 @@ class TaylorPruner:
         scores = self._unit_scores()
         return [scores[chain.units] for chain in self.chains]
 
-    def prune(self, max_to_prune: int = 8, optimizer: torch.optim.Optimizer | None = None) -> list[Removal]:
+    def prune(
+        self, max_to_prune: int | None = 8, optimizer: torch.optim.Optimizer | None = None, *, flops: float | None = None
+    ) -> list[Removal]:
         """Remove up to ``max_to_prune`` units of channels with the lowest scores in the model
         (in whole blocks, with ``round_to`` > 1: :mod:`prunable_nn.ranking`).
+
+        With ``flops``, stop sooner: once the units chosen take at least ``flops`` FLOPs of a
+        forward pass of ``example_inputs`` (each layer's FLOPs shared equally among its
+        channels: :mod:`prunable_nn.ranking`), so that every call shrinks the model by about
+        the same FLOPs whichever layers its channels come from. ``max_to_prune=None`` sets
+        no limit on the units then.
 
         With ``optimizer``, its per-parameter state is sliced along with the parameters.
         Resets the estimates. Returns what was removed, one entry per chain touched.
@@ -161,13 +171,7 @@ class TaylorPruner:
         disagreement, or a rank that fails or stalls (the group's timeout), raises
         :class:`~prunable_nn.distributed.DistributedPruningError` and leaves the model as it was.
         """
-        if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
-            raise ValueError(f"max_to_prune must be a positive integer, got {max_to_prune!r}")
-        if max_to_prune < self.round_to:
-            raise ValueError(
-                f"max_to_prune ({max_to_prune}) must be at least round_to ({self.round_to}): "
-                "channels go in blocks of round_to"
-            )
+        check_budget(max_to_prune, flops, self.round_to)
         distributed = is_distributed(self.process_group)
         reduced = nullcontext()
         if distributed and self.criterion.statistic is not None:
@@ -175,7 +179,10 @@ class TaylorPruner:
             reduced = reduced_estimates(layers, self.criterion.gradient_power, self.process_group)
         with reduced:
             blocks = self._blocks(self._unit_scores())
-        units = torch.tensor(self.map.removable(blocks, limit=max_to_prune), dtype=torch.long)
+        chosen = self.map.removable(blocks, limit=max_to_prune)
+        if flops is not None:
+            chosen = reaching(chosen, self._unit_costs(), flops)
+        units = torch.tensor([unit for block in chosen for unit in block], dtype=torch.long)
         if distributed:
             check_agreement(units.tolist(), self.map.num_units, self.process_group)
         plan = self.map.plan(units)
@@ -279,6 +286,23 @@ class TaylorPruner:
             original_indices=tuple(chain.original_channels[going].tolist()),
             inputs=inputs,
         )
+
+
+def check_budget(max_to_prune: int | None, flops: float | None, round_to: int = 1) -> None:
+    """Raise ``ValueError`` naming the value unless ``max_to_prune`` is ``None`` or a positive
+    integer of at least ``round_to``, ``flops`` is ``None`` or positive and finite, and one of
+    them limits the removal."""
+    if max_to_prune is not None:
+        if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
+            raise ValueError(f"max_to_prune must be a positive integer or None, got {max_to_prune!r}")
+        if max_to_prune < round_to:
+            raise ValueError(
+                f"max_to_prune ({max_to_prune}) must be at least round_to ({round_to}): channels go in blocks of round_to"
+            )
+    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, Real) or not 0 < flops < math.inf):
+        raise ValueError(f"flops must be a positive number of FLOPs or None, got {flops!r}")
+    if max_to_prune is None and flops is None:
+        raise ValueError("max_to_prune=None needs flops: without either limit every prunable channel would go")
 
 
 def _own_example_inputs(model: nn.Module) -> ExampleInputs:

@@ -18,6 +18,12 @@ them (each layer's FLOPs shared equally among its channels or input features) di
 the mean of that number over the prunable units, so ``lambda`` is unitless (paper value:
 1e-3). The lowest scores are removed first.
 
+A FLOPs budget uses the same FLOPs before the division (:func:`reaching`): ``prune(flops=F)``
+removes blocks in increasing order of score until their units' FLOPs add up to at least
+``F``. That is exact to first order: a layer of ``I`` input and ``O`` output channels that
+loses ``a`` inputs and ``b`` outputs saves ``FLOPs * (a/I + b/O - ab/(IO))``, and the sum
+counts the first two terms.
+
 Rounding (``round_to = r > 1``) keeps every chain at a multiple of ``r`` channels, as the
 vector units of a CPU or GPU want them (oneDNN blocks channels by 8 on AVX2 and by 16 on
 AVX-512; a conv with 15 channels can be slower than one with 16). A chain of ``n`` channels
@@ -29,6 +35,8 @@ block is one unit.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -66,3 +74,14 @@ def lowest_blocks(
             size = round_to
     keyed.sort(key=lambda item: item[:2])
     return [block for _, _, block in keyed]
+
+
+def reaching(blocks: list[Sequence[int]], costs: torch.Tensor, flops: float) -> list[Sequence[int]]:
+    """The shortest prefix of ``blocks`` whose units' ``costs`` add up to at least ``flops``
+    (all of them when they never do)."""
+    total = 0.0
+    for taken, block in enumerate(blocks, start=1):
+        total += float(costs[list(block)].sum())
+        if total >= flops:
+            return blocks[:taken]
+    return blocks
