@@ -139,6 +139,16 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
                 assert only_seed[name][key] == seed[name][key], (name, key)
 
 
+def test_criteria_curves_flops_per_round_shrinks_every_variant_by_about_that_share_each_round(tmp_path):
+    out = tmp_path / "curves.md"
+    run_quick("criteria_curves.py", out, "--flops-per-round", "0.1", "--only", "Taylor", "--only", "random")
+    for seed in json.loads(out.with_suffix(".json").read_text())["seeds"]:
+        for name, curve in seed.items():
+            drops = [earlier - later for earlier, later in zip(curve["flops"], curve["flops"][1:])]
+            assert len(drops) >= 5 and all(0.05 <= drop <= 0.2 for drop in drops), (name, drops)
+    assert "rounds of 2 steps and 10.0% of the FLOPs" in out.read_text()
+
+
 def test_criteria_curves_only_refuses_a_name_that_is_no_variant(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "criteria_curves.py"), "--quick", "--out",
                           str(tmp_path / "curves.md"), "--only", "Taylor", "--only", "Random"],

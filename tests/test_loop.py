@@ -140,6 +140,21 @@ def test_stops_after_max_rounds(setup):
     assert history[-1].units_left == 12 and "max_rounds=2" in history.stop_reason
 
 
+def test_flops_per_round_gives_every_prune_that_share_of_the_starting_flops(setup, monkeypatch):
+    budgets = []
+    prune = setup.pruner.prune
+
+    def recorded(max_to_prune, optimizer=None, *, flops=None):
+        budgets.append((max_to_prune, flops))
+        return prune(max_to_prune, optimizer, flops=flops)
+
+    monkeypatch.setattr(setup.pruner, "prune", recorded)
+    history = setup.run(target=FlopsTarget(0.5), max_to_prune=None, flops_per_round=0.1)
+    assert budgets == [(None, 0.1 * history[0].flops)] * (len(history) - 1)
+    assert history[-1].reached and len(history) >= 3
+    assert [row.units_removed for row in history[1:]] != [history[1].units_removed] * (len(history) - 1)
+
+
 def test_the_loss_function_is_the_one_given(setup):
     calls = []
 
@@ -262,13 +277,17 @@ def test_bad_targets(make, message):
     "options, error, message",
     [
         ({"steps_per_round": 0}, ValueError, "steps_per_round must be a positive integer, got 0"),
-        ({"max_to_prune": 0}, ValueError, "max_to_prune must be a positive integer, got 0"),
+        ({"max_to_prune": 0}, ValueError, "max_to_prune must be a positive integer or None, got 0"),
         ({"max_to_prune": True}, ValueError, "max_to_prune .* got True"),
+        ({"max_to_prune": None}, ValueError, "max_to_prune=None needs flops"),
+        ({"flops_per_round": 0}, ValueError, r"flops_per_round must be in \(0, 1\] or None, got 0"),
+        ({"flops_per_round": 1.5}, ValueError, "got 1.5"),
+        ({"flops_per_round": True}, ValueError, "got True"),
         ({"max_rounds": -1}, ValueError, "max_rounds must be a positive integer, got -1"),
         ({"target": 0.5}, TypeError, "target must be a Target.* got 0.5"),
         ({"target": []}, TypeError, "got \\[\\]"),
         ({"other_model": True}, ValueError, "another model"),
-        ({"round_to": 4, "max_to_prune": 3}, ValueError, r"max_to_prune \(3\) must be at least the pruner's round_to \(4\)"),
+        ({"round_to": 4, "max_to_prune": 3}, ValueError, r"max_to_prune \(3\) must be at least round_to \(4\)"),
     ],
 )
 def test_bad_arguments_raise_before_any_change(setup, options, error, message):

@@ -360,12 +360,32 @@ def test_max_to_prune_beyond_num_prunables_leaves_one_channel_per_chain():
     assert pruner.prune(5) == []
 
 
-@pytest.mark.parametrize("max_to_prune", [0, -1, 2.5, True, "3", None])
+@pytest.mark.parametrize("max_to_prune", [0, -1, 2.5, True, "3"])
 def test_invalid_max_to_prune_raises_and_changes_nothing(max_to_prune):
     model, pruner, *_ = trained_surgery_net()
     before = snapshot(model, pruner)
-    with pytest.raises(ValueError, match="max_to_prune must be a positive integer"):
+    with pytest.raises(ValueError, match=f"max_to_prune must be a positive integer or None, got {max_to_prune!r}"):
         pruner.prune(max_to_prune)
+    assert_same_snapshot(before, snapshot(model, pruner))
+
+
+@pytest.mark.parametrize(
+    "max_to_prune, flops, message",
+    [
+        (None, None, "max_to_prune=None needs flops"),
+        (4, 0, "flops must be a positive number of FLOPs or None, got 0"),
+        (None, -5.0, "got -5.0"),
+        (None, math.nan, "got nan"),
+        (None, math.inf, "got inf"),
+        (None, True, "got True"),
+        (None, "1e6", "got '1e6'"),
+    ],
+)
+def test_invalid_flops_budget_raises_and_changes_nothing(max_to_prune, flops, message):
+    model, pruner, *_ = trained_surgery_net()
+    before = snapshot(model, pruner)
+    with pytest.raises(ValueError, match=message):
+        pruner.prune(max_to_prune, flops=flops)
     assert_same_snapshot(before, snapshot(model, pruner))
 
 

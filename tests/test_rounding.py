@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from models import VGG
-from prunable_nn import PConv2d, PLinear, TaylorPruner
+from prunable_nn import PConv2d, PLinear, TaylorPruner, count_flops
 from nets import (
     accumulate_estimates,
     assert_matches_masked_reference,
@@ -40,18 +40,21 @@ def pointwise_net(widths: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten(), PLinear(channels * 16, 3))
 
 
-def rounded_lowest_by_hand(scores: list[list[float]], round_to: int, limit: int) -> dict[int, list[int]]:
+def rounded_lowest_by_hand(
+    scores: list[list[float]], round_to: int, limit: int | None, costs: list[float] | None = None, flops: float | None = None
+) -> dict[int, list[int]]:
     """The channels a rounded prune removes, found unit by unit: walk all channels by
     increasing (score, chain, channel); each chain gathers its channels until they fill its
     next block (``n mod r`` channels for a chain of ``n``, ``r`` when that is 0); a full block
     goes if it fits in ``limit`` and leaves the chain at least ``r`` channels, otherwise the
-    chain gives no more."""
+    chain gives no more. With ``flops``, the walk stops once the channels gone cost that
+    much (``costs``: FLOPs of one channel of each chain)."""
     order = sorted((value, chain, channel) for chain, values in enumerate(scores) for channel, value in enumerate(values))
     left = [len(values) for values in scores]
     gathered: dict[int, list[int]] = {chain: [] for chain in range(len(scores))}
     removed: dict[int, list[int]] = {}
     closed: set[int] = set()
-    total = 0
+    total, spent = 0, 0.0
     for _, chain, channel in order:
         if chain in closed:
             continue
@@ -59,13 +62,17 @@ def rounded_lowest_by_hand(scores: list[list[float]], round_to: int, limit: int)
         block = left[chain] % round_to or round_to
         if len(gathered[chain]) < block:
             continue
-        if total + block > limit or left[chain] - block < round_to:
+        if (limit is not None and total + block > limit) or left[chain] - block < round_to:
             closed.add(chain)
             continue
         removed.setdefault(chain, []).extend(gathered[chain])
         total += block
         left[chain] -= block
         gathered[chain] = []
+        if flops is not None:
+            spent += block * costs[chain]
+            if spent >= flops:
+                break
     return {chain: sorted(channels) for chain, channels in removed.items()}
 
 
@@ -99,6 +106,44 @@ def test_rounded_prune_removes_the_blocks_found_unit_by_unit(widths, round_to, d
     assert {names.index(removal.chain): list(removal.indices) for removal in removals} == expected
     for chain, width in zip(pruner.chains, widths):
         assert chain.num_channels == width or (chain.num_channels % round_to == 0 and chain.num_channels >= round_to)
+
+
+def pointwise_channel_flops(widths: list[int]) -> list[float]:
+    """FLOPs of one channel of each chain of ``pointwise_net(widths)`` on one 4x4 image: its
+    share of the conv that makes it and of the layer that reads it (a multiply-add is 2)."""
+    inputs = [1] + widths[:-1]
+    convs = [2 * 16 * c_in * width for c_in, width in zip(inputs, widths)]
+    readers = convs[1:] + [2 * 16 * widths[-1] * 3]
+    return [(conv + reader) / width for conv, reader, width in zip(convs, readers, widths)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    round_to=st.integers(1, 4),
+    share=st.floats(0.001, 1.5),
+    data=st.data(),
+)
+def test_a_flops_budget_takes_the_lowest_blocks_until_their_flops_reach_it(widths, round_to, share, data):
+    torch.manual_seed(0)
+    model = pointwise_net(widths)
+    example = torch.zeros(1, 1, 4, 4)
+    pruner = TaylorPruner(model, example, round_to=round_to)
+    estimates = [
+        data.draw(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, 7.5]), min_size=n, max_size=n), label="estimates")
+        for n in widths
+    ]
+    for chain, values in zip(pruner.chains, estimates):
+        set_estimates(chain, values)
+    max_to_prune = data.draw(st.none() | st.integers(round_to, round_to + sum(widths)), label="max_to_prune")
+    flops = share * count_flops(model, example)
+    costs = pointwise_channel_flops(widths)
+    expected = rounded_lowest_by_hand([normalised(values) for values in estimates], round_to, max_to_prune, costs, flops)
+
+    removals = pruner.prune(max_to_prune, flops=flops)
+
+    names = [chain.name for chain in pruner.chains]
+    assert {names.index(removal.chain): list(removal.indices) for removal in removals} == expected
 
 
 @PROPERTY_SETTINGS
