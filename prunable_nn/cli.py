@@ -116,6 +116,10 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
         "in (0, 1] (default: %(default)s)")
     add("--max-to-prune", type=_positive_int, default=DEFAULTS["max_to_prune"], metavar="K",
         help="channels removed per round, at most (default: %(default)s)")
+    add("--flops-per-round", type=_fraction, default=DEFAULTS["flops_per_round"], metavar="F",
+        help="instead of --max-to-prune: every round removes the lowest-ranked channels until "
+        "they take this fraction of the trained network's FLOPs, in (0, 1], so that the rounds "
+        "shrink the network evenly")
     add("--steps-per-round", type=_positive_int, default=DEFAULTS["steps_per_round"], metavar="S",
         help="training steps before each prune; they accumulate its estimates (default: %(default)s)")
     add("--max-rounds", type=_positive_int, default=DEFAULTS["max_rounds"], metavar="N",
@@ -154,7 +158,7 @@ def _add_demo_options(parser: argparse.ArgumentParser) -> None:
 
 def run_demo_command(args: argparse.Namespace) -> int:
     """Run the demo with the options of ``args``; torch's thread count is restored after."""
-    if args.round_to > args.max_to_prune:
+    if args.flops_per_round is None and args.round_to > args.max_to_prune:
         print(
             f"{PROG} demo: error: --round-to {args.round_to} is more than --max-to-prune {args.max_to_prune}: "
             "channels go in blocks of --round-to",

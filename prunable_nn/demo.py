@@ -11,7 +11,8 @@
    epochs with Adam.
 3. **prune** with :func:`prunable_nn.prune_loop` to ``FlopsTarget(target_flops)``: rounds of
    ``steps_per_round`` fine-tuning steps (which accumulate the Taylor estimates), then
-   ``prune(max_to_prune)``; one table row per round. Every layer keeps a multiple of
+   ``prune(max_to_prune)`` (or, with ``flops_per_round``, ``prune(flops=...)``: that
+   fraction of the trained network's FLOPs each round); one table row per round. Every layer keeps a multiple of
    ``round_to`` channels (``TaylorPruner(round_to=...)``): a CPU's convolution kernels work
    on blocks of channels (8 floats on AVX2), and a layer of 15 or 29 channels can run slower
    than one of 16 or 32.
@@ -90,6 +91,7 @@ class DemoConfig:
     lr: float = 1e-3
     target_flops: float = 0.5
     max_to_prune: int = 32
+    flops_per_round: float | None = None  #: instead of max_to_prune: the trained network's FLOPs each prune removes
     steps_per_round: int = 30
     max_rounds: int | None = None
     flops_regularization: float = 0.01
@@ -273,7 +275,8 @@ def prune_with_table(
     history = prune_loop(
         model, network.pruner, train_loader, val_loader, optimizer,
         target=FlopsTarget(config.target_flops), steps_per_round=config.steps_per_round,
-        max_to_prune=config.max_to_prune, max_rounds=config.max_rounds, progress=config.progress,
+        max_to_prune=None if config.flops_per_round else config.max_to_prune, flops_per_round=config.flops_per_round,
+        max_rounds=config.max_rounds, progress=config.progress,
         csv_path=csv_path, on_round=show,
     )
     say(history.stop_reason)

@@ -164,6 +164,17 @@ def test_max_rounds_stops_early_and_threads_come_back(capsys, tiny_data, tmp_pat
     assert torch.get_num_threads() == threads
 
 
+def test_flops_per_round_shrinks_every_round_by_about_that_share(capsys, tiny_data, tmp_path):
+    code, out, err = run(capsys, "demo", "--data", str(tiny_data), "--out", str(tmp_path), *TINY,
+                         "--flops-per-round", "0.05", "--round-to", "16")  # --round-to above --max-to-prune 8
+    assert code == 0, err
+    rows = table_rows(out)
+    mflops = [row["mflops"] for row in rows]
+    drops = [(earlier - later) / mflops[0] for earlier, later in zip(mflops, mflops[1:])]
+    assert len(drops) >= 3 and all(0.025 <= drop <= 0.1 for drop in drops), drops
+    assert rows[-1]["flops"] <= 80 < rows[-2]["flops"]
+
+
 def test_help_explains_every_setting(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["demo", "--help"])
@@ -197,6 +208,7 @@ def test_top_level_help_and_missing_command(capsys):
         (["--width", "inf"], "argument --width: expected a positive number, got inf"),
         (["--target-flops", "50"], "argument --target-flops: expected a fraction in (0, 1], got 50"),
         (["--target-flops", "0"], "argument --target-flops: expected a fraction in (0, 1], got 0"),
+        (["--flops-per-round", "2"], "argument --flops-per-round: expected a fraction in (0, 1], got 2"),
         (["--round-to", "0"], "argument --round-to: expected a positive integer, got 0"),
         (["--latency-threads", "0"], "argument --latency-threads: expected a positive integer, got 0"),
         (["--flops-regularization", "-1"], "argument --flops-regularization: expected a number >= 0, got -1"),
