@@ -12,10 +12,10 @@
 3. **prune** with :func:`prunable_nn.prune_loop` to ``FlopsTarget(target_flops)``: rounds of
    ``steps_per_round`` fine-tuning steps (which accumulate the Taylor estimates), then
    ``prune(max_to_prune)`` (or, with ``flops_per_round``, ``prune(flops=...)``: that
-   fraction of the trained network's FLOPs each round); one table row per round. Every layer keeps a multiple of
-   ``round_to`` channels (``TaylorPruner(round_to=...)``): a CPU's convolution kernels work
-   on blocks of channels (8 floats on AVX2), and a layer of 15 or 29 channels can run slower
-   than one of 16 or 32.
+   fraction of the trained network's FLOPs each round); one table row per round. Every
+   layer keeps a multiple of ``round_to`` channels (``TaylorPruner(round_to=...)``): a
+   CPU's convolution kernels work on blocks of channels (8 floats on AVX2), and a layer of
+   15 or 29 channels can run slower than one of 16 or 32.
 4. **fine-tune** the pruned network for ``finetune_steps`` more steps: the loop stops right
    after its last prune, the network's worst moment.
 5. **measure** both networks: test accuracy, FLOPs, parameters, and the CPU latency of their

@@ -214,10 +214,10 @@ def prune_loop(
     """
     targets = _checked_targets(target)
     _check_positive("steps_per_round", steps_per_round)
-    fraction = flops_per_round
-    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1):
-        raise ValueError(f"flops_per_round must be in (0, 1] or None, got {fraction!r}")
-    check_budget(max_to_prune, flops_per_round, pruner.round_to)  # a fraction stands for the FLOPs
+    share = flops_per_round
+    if share is not None and (isinstance(share, bool) or not isinstance(share, Real) or not 0 < share <= 1):
+        raise ValueError(f"flops_per_round must be in (0, 1] or None, got {share!r}")
+    check_budget(max_to_prune, flops_per_round, pruner.round_to, flops_name="flops_per_round")
     if max_rounds is not None:
         _check_positive("max_rounds", max_rounds)
     wrapped = model if isinstance(model, DistributedDataParallel) else None

@@ -288,10 +288,10 @@ class TaylorPruner:
         )
 
 
-def check_budget(max_to_prune: int | None, flops: float | None, round_to: int = 1) -> None:
+def check_budget(max_to_prune: int | None, flops: float | None, round_to: int = 1, *, flops_name: str = "flops") -> None:
     """Raise ``ValueError`` naming the value unless ``max_to_prune`` is ``None`` or a positive
-    integer of at least ``round_to``, ``flops`` is ``None`` or positive and finite, and one of
-    them limits the removal."""
+    integer of at least ``round_to``, ``flops`` (called ``flops_name``) is ``None`` or
+    positive and finite, and one of them limits the removal."""
     if max_to_prune is not None:
         if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
             raise ValueError(f"max_to_prune must be a positive integer or None, got {max_to_prune!r}")
@@ -300,9 +300,9 @@ def check_budget(max_to_prune: int | None, flops: float | None, round_to: int = 
                 f"max_to_prune ({max_to_prune}) must be at least round_to ({round_to}): channels go in blocks of round_to"
             )
     if flops is not None and (isinstance(flops, bool) or not isinstance(flops, Real) or not 0 < flops < math.inf):
-        raise ValueError(f"flops must be a positive number of FLOPs or None, got {flops!r}")
+        raise ValueError(f"{flops_name} must be a positive number of FLOPs or None, got {flops!r}")
     if max_to_prune is None and flops is None:
-        raise ValueError("max_to_prune=None needs flops: without either limit every prunable channel would go")
+        raise ValueError(f"max_to_prune=None needs {flops_name}: without either limit every prunable channel would go")
 
 
 def _own_example_inputs(model: nn.Module) -> ExampleInputs:

@@ -279,7 +279,7 @@ def test_bad_targets(make, message):
         ({"steps_per_round": 0}, ValueError, "steps_per_round must be a positive integer, got 0"),
         ({"max_to_prune": 0}, ValueError, "max_to_prune must be a positive integer or None, got 0"),
         ({"max_to_prune": True}, ValueError, "max_to_prune .* got True"),
-        ({"max_to_prune": None}, ValueError, "max_to_prune=None needs flops"),
+        ({"max_to_prune": None}, ValueError, "max_to_prune=None needs flops_per_round"),
         ({"flops_per_round": 0}, ValueError, r"flops_per_round must be in \(0, 1\] or None, got 0"),
         ({"flops_per_round": 1.5}, ValueError, "got 1.5"),
         ({"flops_per_round": True}, ValueError, "got True"),
