@@ -42,6 +42,8 @@ bench: $(STAMP) $(FASHION_MNIST)
 	$(PY) benchmarks/criteria_curves.py --threads 1 --seeds 4 --jobs 2 --ranking flops --out benchmarks/results/criteria_curves_flops.md
 	$(PY) benchmarks/criteria_curves.py --threads 1 --seeds 4 --jobs 2 --target 0.5 --total-steps 720 --out benchmarks/results/criteria_curves_equal_training.md
 	$(PY) benchmarks/criteria_curves.py --threads 1 --seeds 4 --jobs 2 --total-steps 900 --only Taylor --only random --out benchmarks/results/criteria_curves_equal_training_25.md
+	$(PY) benchmarks/criteria_curves.py --threads 1 --seeds 4 --jobs 2 --flops-per-round 0.04 --total-steps 900 --only Taylor --only random --only "activation std" --out benchmarks/results/criteria_curves_flops_per_round.md
+	$(PY) benchmarks/criteria_curves.py --threads 1 --seeds 4 --jobs 2 --flops-per-round 0.04 --total-steps 900 --only "activation mean" --only APoZ --only "minimum weight" --out benchmarks/results/criteria_curves_flops_per_round_others.md
 	$(PY) benchmarks/vs_torch_pruning.py
 	$(PY) benchmarks/vs_torch_pruning.py --round-to 8 --out benchmarks/results/vs_torch_pruning_round8.md
 
