@@ -53,6 +53,16 @@ def test_digits_net_prune_reduces_parameters_and_flops():
     assert torch.isfinite(torch.tensor(train_step(model, optimizer, inputs, labels)))
 
 
+def test_digits_net_prune_with_a_flops_budget_stops_at_the_first_unit_that_reaches_it():
+    torch.manual_seed(0)
+    model = DigitsNet()
+    inputs, labels = torch.randn(8, 1, 28, 28), torch.randint(10, (8,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    train_step(model, optimizer, inputs, labels)
+    removals = model.prune(None, optimizer, flops=1.0)  # any one unit takes more than one FLOP
+    assert sum(len(r.indices) for r in removals) == 1 and model.num_prunables == 57 - 1
+
+
 def test_prunable_module_refuses_a_pruner_of_another_model():
     model = DigitsNet(width=4)
     with pytest.raises(ValueError, match="another model"):
