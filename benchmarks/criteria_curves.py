@@ -214,7 +214,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         torch.set_num_threads(args.threads)  # again: a --jobs worker is a fresh process
     train_set, validation = load(args.data, seed, args.val_size)
     start, loss = trained_vgg(train_set, seed, args.width, args.hidden, args.steps)
-    print(f"seed {seed}: start model trained, loss {loss:.3f}", flush=True)
+    report.say(f"seed {seed}: start model trained, loss {loss:.3f}")
     images, labels = train_set[list(range(args.oracle_images))]
     val_loader = make_loader(validation, 1000)
     test_loader = make_loader(start_model.images(args.data, train=False), 1000)
@@ -245,8 +245,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> dict[str, dict]:
         }
         tuned = ", ".join(f"{level:.0%}: {accuracy:.2%}" for level, accuracy in measured.fine_tuned_at.items()
                           if not np.isnan(accuracy))  # a level below the target is never reached
-        print(f"  seed {seed}, {name}: {len(history) - 1} rounds in {curves[name]['seconds']:.0f} s; "
-              f"fine-tuned accuracy at {tuned or 'no level'}", flush=True)
+        report.say(f"  seed {seed}, {name}: {len(history) - 1} rounds in {curves[name]['seconds']:.0f} s; "
+                   f"fine-tuned accuracy at {tuned or 'no level'}")
     return curves
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +19,19 @@ def add_common_arguments(parser: argparse.ArgumentParser, out_name: str) -> None
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--quick", action="store_true", help="tiny settings, for CI")
     parser.add_argument("--out", type=Path, default=RESULTS / out_name)
+
+
+def say(line: str) -> None:
+    """Print ``line`` to stdout in one write and flush it.
+
+    ``print(line, flush=True)`` writes the text and its newline in two system calls, so when
+    the ``--jobs`` workers share one pipe, another worker's line can land between them and
+    two progress lines run together (a reader looking for a line's start then misses one).
+    One write of at most ``PIPE_BUF`` (4096) bytes to a pipe is atomic, so whole lines
+    never mix.
+    """
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def machine() -> str:

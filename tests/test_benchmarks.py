@@ -326,3 +326,28 @@ def test_criteria_curves_rankings_give_every_criterion_the_same_ranking():
     assert settings("--ranking", "flops", "--flops-regularization", "0.02", "--oracle") == {
         **{name: (criterion, True, 0.02) for name, criterion in criteria.items()}, "oracle": ("Oracle", True, 0.02),
     }
+
+
+class RecordingStream:
+    """A stand-in for stdout that keeps every ``write`` call apart, as a pipe's system calls are."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.writes.append("<flush>")
+
+
+def test_a_progress_line_is_one_write_so_lines_of_parallel_workers_never_run_together(monkeypatch):
+    """The ``--jobs`` workers share the pipe: a line written in two pieces (``print`` writes
+    text and newline apart) lets another worker's line in between, and a line goes missing."""
+    import report
+
+    stream = RecordingStream()
+    monkeypatch.setattr(sys, "stdout", stream)
+    report.say("  seed 1, APoZ: 4 rounds in 18 s")
+    assert stream.writes == ["  seed 1, APoZ: 4 rounds in 18 s\n", "<flush>"]
