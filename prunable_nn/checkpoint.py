@@ -17,7 +17,7 @@ bools, ``None`` and tensors::
         "format": "prunable_nn.pruned_model",   # FORMAT
         "version": 1,                           # VERSION
         "model_class": "DigitsNet",             # type(model).__name__, for messages only
-        "layers": {                             # every Conv2d / BatchNorm2d / Linear, by
+        "layers": {                             # every layer of a prunable kind, by
             "features.0": {                     # its name in named_modules() ("" = the root)
                 "kind": "Conv2d",
                 "prunable": True,               # a PConv2d, or a plain nn.Conv2d
@@ -33,12 +33,15 @@ bools, ``None`` and tensors::
         "state_dict": {"features.0.weight": <tensor>, ...},  # model.state_dict(), detached,
     }                                                       # on the CPU
 
-A layer is any module that is an ``nn.Conv2d``, ``nn.BatchNorm2d`` or ``nn.Linear``
-(prunable twins included). Its *sizes* are what pruning changes: the channel and feature
-counts, and ``groups`` of a depthwise convolution (``groups == in_channels ==
-out_channels``). Its *fixed* attributes are what pruning never changes and what the weights
-alone do not determine; they must match the model's. ``padding`` is a list of ints or a
-string (``"same"``, ``"valid"``). A layer registered under several names is recorded once,
+A layer is any module of a kind that can lose channels (:mod:`prunable_nn.kinds`: torch's
+convolutions, normalisations and ``nn.Linear``, their variants, layers registered with
+``register_layer``; prunable twins included), recorded under the name of its nearest
+registered class (``"Conv2d"`` for a ``PConv2d``). The kind says what its *sizes* are, what
+pruning changes (the channel and feature counts, ``groups`` of a depthwise convolution), and
+its *fixed* attributes, what pruning never changes and the weights alone do not determine;
+they must match the model's. ``padding`` is a list of ints or a string (``"same"``,
+``"valid"``). Tensors whose dim 0 counts the output channels and no size gives (``gain``
+of timm's ``ScaledStdConv2d``) have the model's shape but for dim 0. A layer registered under several names is recorded once,
 under its first name; the state dict holds it under every name, as ``state_dict()`` does.
 
 What loading accepts
@@ -65,6 +68,8 @@ from typing import IO, Any
 import torch
 from torch import nn
 
+from .kinds import ConvKind, LayerKind, kind_of, record_kinds, registered_class
+from .kinds.conv import is_depthwise
 from .layers import PrunableLayer
 from .module import PrunableModule
 
@@ -74,22 +79,6 @@ VERSION = 1
 #: Where a checkpoint is: a path, or a binary file object as ``torch.save``/``torch.load`` take.
 FileLike = str | os.PathLike | IO[bytes]
 MapLocation = Callable[[torch.types.Storage, str], torch.types.Storage] | torch.device | str | dict[str, str] | None
-
-#: The layer kinds, each with the torch class its modules are instances of.
-KINDS: dict[str, type[nn.Module]] = {"Conv2d": nn.Conv2d, "BatchNorm2d": nn.BatchNorm2d, "Linear": nn.Linear}
-#: The attributes that pruning changes, set from the file on loading.
-SIZES: dict[str, tuple[str, ...]] = {
-    "Conv2d": ("in_channels", "out_channels", "groups"),
-    "BatchNorm2d": ("num_features",),
-    "Linear": ("in_features", "out_features"),
-}
-#: The attributes that pruning never changes: the model's must equal the file's.
-FIXED: dict[str, tuple[str, ...]] = {
-    "Conv2d": ("kernel_size", "stride", "padding", "dilation", "padding_mode"),
-    "BatchNorm2d": ("eps",),
-    "Linear": (),
-}
-
 
 # -- saving -----------------------------------------------------------------------------------
 def save_pruned(model: nn.Module, path: FileLike) -> None:
@@ -120,23 +109,25 @@ def save_pruned(model: nn.Module, path: FileLike) -> None:
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every Conv2d / BatchNorm2d / Linear of ``model`` (prunable or not), by its first name."""
+    """Every layer of a prunable kind in ``model`` (prunable or not), by its first name."""
     return {name: module for name, module in model.named_modules() if _kind(module) is not None}
 
 
-def _kind(module: nn.Module) -> str | None:
-    for kind, base in KINDS.items():
-        if isinstance(module, base):
-            return kind
-    return None
+def _kind(module: nn.Module) -> LayerKind | None:
+    kind = kind_of(module)
+    return kind if kind is not None and kind.prunable else None
+
+
+def _kind_name(module: nn.Module) -> str:
+    return registered_class(module).__name__
 
 
 def _record(layer: nn.Module) -> dict[str, Any]:
     """What the file says about one layer: its kind, sizes and fixed attributes."""
     kind = _kind(layer)
-    assert kind is not None
-    record: dict[str, Any] = {"kind": kind, "prunable": isinstance(layer, PrunableLayer)}
-    for attr in SIZES[kind] + FIXED[kind]:
+    record: dict[str, Any] = {"kind": _kind_name(layer), "prunable": isinstance(layer, PrunableLayer)}
+    record.update(kind.read_sizes(layer))
+    for attr in kind.fixed:
         record[attr] = _attribute(layer, attr)
     return record
 
@@ -266,37 +257,23 @@ def _check_checkpoint(checkpoint: Any, source: str) -> None:
 def _check_record(name: str, record: Any, source: str) -> None:
     """Raise ``ValueError`` unless ``record`` describes a layer as :func:`_record` does."""
     where = f"{source}: layer {_label(name)}"
-    if not isinstance(record, Mapping) or record.get("kind") not in KINDS:
+    kinds = record_kinds()
+    if not isinstance(record, Mapping) or record.get("kind") not in kinds:
         kind = record.get("kind") if isinstance(record, Mapping) else record
-        raise ValueError(f"{where} has kind {kind!r}; expected one of {sorted(KINDS)}")
-    kind = record["kind"]
-    expected = {"kind", "prunable", *SIZES[kind], *FIXED[kind]}
+        raise ValueError(f"{where} has kind {kind!r}; expected one of {sorted(kinds)}")
+    name = record["kind"]
+    kind = kinds[name]
+    expected = {"kind", "prunable", *kind.sizes, *kind.fixed}
     if set(record) != expected:
-        raise ValueError(f"{where} ({kind}) has entries {sorted(record)}, expected {sorted(expected)}")
+        raise ValueError(f"{where} ({name}) has entries {sorted(record)}, expected {sorted(expected)}")
     if type(record["prunable"]) is not bool:
         raise ValueError(f"{where}: 'prunable' is {record['prunable']!r}, not a bool")
-    for attr in SIZES[kind]:
+    for attr in kind.sizes:
         if type(record[attr]) is not int or record[attr] < 1:
-            raise ValueError(f"{where} ({kind}): {attr}={record[attr]!r} is not a positive int")
-    if kind == "Conv2d":
-        for attr in ("kernel_size", "stride", "dilation"):
-            if not _int_pair(record[attr]):
-                raise ValueError(f"{where} (Conv2d): {attr}={record[attr]!r} is not a list of two ints")
-        if not (isinstance(record["padding"], str) or _int_pair(record["padding"])):
-            raise ValueError(f"{where} (Conv2d): padding={record['padding']!r} is neither a string nor two ints")
-        if not isinstance(record["padding_mode"], str):
-            raise ValueError(f"{where} (Conv2d): padding_mode={record['padding_mode']!r} is not a string")
-        for attr in ("in_channels", "out_channels"):
-            if record[attr] % record["groups"]:
-                raise ValueError(
-                    f"{where} (Conv2d): {attr}={record[attr]} is not divisible by groups={record['groups']}"
-                )
-    if kind == "BatchNorm2d" and type(record["eps"]) is not float:
-        raise ValueError(f"{where} (BatchNorm2d): eps={record['eps']!r} is not a float")
-
-
-def _int_pair(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and all(type(item) is int for item in value)
+            raise ValueError(f"{where} ({name}): {attr}={record[attr]!r} is not a positive int")
+    problem = kind.check_record(record)
+    if problem is not None:
+        raise ValueError(f"{where} ({name}): {problem}")
 
 
 def _label(name: str) -> str:
@@ -329,28 +306,26 @@ def _check_layers(checkpoint: Mapping[str, Any], layers: dict[str, nn.Module], m
         )
     for name, record in saved.items():
         layer = layers[name]
-        kind = _kind(layer)
-        if kind != record["kind"]:
+        kind, kind_name = _kind(layer), _kind_name(layer)
+        if kind_name != record["kind"]:
             raise ValueError(
                 f"layer {_label(name)} is a {record['kind']} in {source} but a "
-                f"{type(layer).__name__} ({kind}) in {mine}"
+                f"{type(layer).__name__} ({kind_name}) in {mine}"
             )
-        for attr in FIXED[kind]:
+        for attr in kind.fixed:
             if _attribute(layer, attr) != record[attr]:
                 raise ValueError(
-                    f"layer {_label(name)} ({kind}) has {attr}={record[attr]!r} in {source} but "
+                    f"layer {_label(name)} ({kind_name}) has {attr}={record[attr]!r} in {source} but "
                     f"{attr}={_attribute(layer, attr)!r} in {mine}"
                 )
+        saved_depthwise = record.get("groups", 1) > 1 and record["groups"] == record["in_channels"] == record["out_channels"]
         if (
-            kind == "Conv2d"
+            isinstance(kind, ConvKind)
             and layer.groups != record["groups"]
-            and not (
-                _depthwise(layer.in_channels, layer.out_channels, layer.groups)
-                and _depthwise(record["in_channels"], record["out_channels"], record["groups"])
-            )
+            and not (is_depthwise(layer) and saved_depthwise)
         ):
             raise ValueError(
-                f"layer {_label(name)} (Conv2d) has groups={record['groups']} (in_channels="
+                f"layer {_label(name)} ({kind_name}) has groups={record['groups']} (in_channels="
                 f"{record['in_channels']}, out_channels={record['out_channels']}) in {source} but "
                 f"groups={layer.groups} (in_channels={layer.in_channels}, out_channels="
                 f"{layer.out_channels}) in {mine}; pruning changes groups only of a depthwise "
@@ -358,26 +333,14 @@ def _check_layers(checkpoint: Mapping[str, Any], layers: dict[str, nn.Module], m
             )
 
 
-def _depthwise(in_channels: int, out_channels: int, groups: int) -> bool:
-    return groups > 1 and groups == in_channels == out_channels
-
-
-def _layer_shapes(record: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """The shapes of a layer's tensors that its sizes in ``record`` give, by local name."""
-    kind = record["kind"]
-    if kind == "Conv2d":
-        out = record["out_channels"]
-        return {"weight": (out, record["in_channels"] // record["groups"], *record["kernel_size"]), "bias": (out,)}
-    if kind == "BatchNorm2d":
-        features = (record["num_features"],)
-        return {
-            "weight": features,
-            "bias": features,
-            "running_mean": features,
-            "running_var": features,
-            "num_batches_tracked": (),
-        }
-    return {"weight": (record["out_features"], record["in_features"]), "bias": (record["out_features"],)}
+def _layer_shapes(record: Mapping[str, Any], reference: torch.Tensor, local: str) -> dict[str, tuple[int, ...]]:
+    """The shapes of a layer's tensors that its sizes in ``record`` give, by local name; a
+    tensor ``local`` whose dim 0 counts the output channels has ``reference``'s other dims."""
+    kind = record_kinds()[record["kind"]]
+    shapes = kind.tensor_shapes(record)
+    if local in kind.channel_tensors():
+        shapes[local] = (record[kind.out_size], *reference.shape[1:])
+    return shapes
 
 
 def _check_tensor_shapes(
@@ -409,12 +372,12 @@ def _check_tensor_shapes(
     for key, tensor in state.items():
         prefix, _, local = key.rpartition(".")
         owner = owners.get(prefix)
-        layer_shapes = _layer_shapes(saved_layers[owner]) if owner is not None else {}
+        layer_shapes = _layer_shapes(saved_layers[owner], current.get(key, tensor), local) if owner is not None else {}
         if local in layer_shapes:
             expected = layer_shapes[local]
             if tuple(tensor.shape) != expected:
                 record = saved_layers[owner]
-                sizes = ", ".join(f"{attr}={record[attr]}" for attr in SIZES[record["kind"]])
+                sizes = ", ".join(f"{attr}={record[attr]}" for attr in record_kinds()[record["kind"]].sizes)
                 raise ValueError(
                     f"layer {_label(owner)} ({record['kind']}): {source} holds {key} of shape "
                     f"{tuple(tensor.shape)}, but its sizes ({sizes}) give {expected}"
@@ -448,8 +411,7 @@ def _resize_and_assign(
     try:
         for name, layer in layers.items():
             record = records[name]
-            for attr in SIZES[record["kind"]]:
-                setattr(layer, attr, record[attr])
+            _kind(layer).set_sizes(layer, record)
             prefix = f"{name}." if name else ""
             for slots in (layer._parameters, layer._buffers):
                 for local, tensor in slots.items():

@@ -1,26 +1,21 @@
-"""Turning the torch layers of any model into their prunable twins, in place."""
+"""Turning the layers of any model into their prunable twins, in place."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
-
-#: The plain torch layer classes that have prunable twins (exact classes, not subclasses,
-#: whose own code may expect more than the plain layer offers).
-TWINS: dict[type[nn.Module], type[PrunableLayer]] = {
-    nn.Conv2d: PConv2d,
-    nn.BatchNorm2d: PBatchNorm2d,
-    nn.Linear: PLinear,
-}
+from .kinds import twin_class
+from .layers import PrunableLayer
 
 #: What :func:`swap_in_twins` replaced: ``(parent, name, layer)``.
 Swaps = list[tuple[nn.Module, str, nn.Module]]
 
 
 def convert(model: nn.Module) -> nn.Module:
-    """Replace every ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.Linear`` inside ``model`` by its
-    prunable twin, in place, and return ``model``.
+    """Replace every layer inside ``model`` that has a prunable twin (torch's convolutions,
+    normalisations and ``nn.Linear``, the variants that :mod:`prunable_nn.kinds` knows, and
+    layers registered with :func:`~prunable_nn.kinds.register_layer`) by its twin, in place,
+    and return ``model``.
 
     The twins share the layers' parameters, buffers and hooks (an optimizer made before keeps
     working), and a layer registered under several names stays one layer. The root module
@@ -36,11 +31,13 @@ def swap_in_twins(model: nn.Module) -> Swaps:
     swaps: Swaps = []
     for parent in list(model.modules()):
         for name, child in parent._modules.items():
-            twin_class = TWINS.get(type(child))
-            if twin_class is None:
+            if child is None or isinstance(child, PrunableLayer):
                 continue
             if child not in twins:
-                twins[child] = twin_class.from_module(child)
+                twin = twin_class(child)
+                if twin is None:
+                    continue
+                twins[child] = twin.from_module(child)
             parent._modules[name] = twins[child]
             swaps.append((parent, name, child))
     return swaps

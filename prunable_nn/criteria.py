@@ -39,7 +39,7 @@ from torch import nn
 
 from .chain import INPUT, OUTPUT, Member
 from .flops import evaluating
-from .layers import PBatchNorm2d, PConv2d, PLinear
+from .layers import PrunableLayer
 from .taylor import taylor_criterion
 
 if TYPE_CHECKING:
@@ -130,16 +130,20 @@ class APoZ(RecordedStatistic):
 
 
 class MinWeight(Criterion):
-    """Mean squared weight of each output channel of the convolutions and linear layers."""
+    """Mean squared weight of each output channel of the convolutions and linear layers
+    (each layer's kind gives the weights that make each output: :mod:`prunable_nn.kinds`)."""
 
     name = "minimum weight"
 
     def member_values(self, pruner: TaylorPruner) -> MemberValues:
-        return [
-            (member, member.layer.weight.detach().pow(2).flatten(1).mean(dim=1))
-            for member in pruner.map.members
-            if member.role == OUTPUT and isinstance(member.layer, (PConv2d, PLinear)) and pruner.has_prunable(member)
-        ]
+        values = []
+        for member in pruner.map.members:
+            if member.role != OUTPUT or not pruner.has_prunable(member):
+                continue
+            rows = member.layer.kind.output_weights(member.layer)
+            if rows is not None:
+                values.append((member, rows.pow(2).mean(dim=1)))
+        return values
 
 
 class RandomScores(Criterion):
@@ -189,14 +193,14 @@ class Oracle(Criterion):
     def unit_changes(self, pruner: TaylorPruner) -> torch.Tensor:
         """``L(without unit) - L`` for every prunable unit (0 for the others)."""
         readers = [member for member in pruner.map.members if member.role == INPUT]
-        zeroed: dict[PConv2d | PBatchNorm2d | PLinear, torch.Tensor] = {}
+        zeroed: dict[PrunableLayer, torch.Tensor] = {}
 
-        def zero_inputs(layer: nn.Module, args: tuple) -> tuple | None:
+        def zero_inputs(layer: PrunableLayer, args: tuple) -> tuple | None:
             positions = zeroed.get(layer)
             if positions is None or not len(positions):
                 return None
             masked = args[0].clone()
-            masked.index_fill_(masked.dim() - 1 if isinstance(layer, PLinear) else 1, positions, 0.0)
+            masked.index_fill_(layer.kind.input_dim(layer, masked.dim()), positions, 0.0)
             return (masked, *args[1:])
 
         handles = [layer.register_forward_pre_hook(zero_inputs) for layer in {m.layer for m in readers}]

@@ -42,45 +42,27 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torchvision.ops import stochastic_depth
 
-from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
-
-ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
-    nn.Dropout, nn.AlphaDropout, nn.Identity,
+from .kinds import kind_of, refusal
+from .layers import PrunableLayer
+from .ops import (
+    CHANNEL_FIRST_FUNCTIONS,
+    CHANNEL_FIRST_MODULES,
+    CHUNKING,
+    COMBINING_FUNCTIONS,
+    COMBINING_METHODS,
+    CONCATENATING_FUNCTIONS,
+    ELEMENTWISE_FUNCTIONS,
+    ELEMENTWISE_METHODS,
+    ELEMENTWISE_MODULES,
+    INPLACE_SAFE_FUNCTIONS,
+    INPLACE_SAFE_MODULES,
+    METADATA_METHODS,
+    REDUCING_FUNCTIONS,
+    REDUCING_METHODS,
+    SPLITTING,
+    spatial_dims,
 )
-#: Modules that work on the last two dims and keep the channels of dim -3 apart.
-SPATIAL_MODULES = (
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout2d,
-    nn.Upsample, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-)
-INPLACE_SAFE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
-ELEMENTWISE_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout,
-    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.clamp,
-    operator.neg, stochastic_depth,
-}
-INPLACE_SAFE_FUNCTIONS = {F.relu, F.relu6, F.hardtanh}
-SPATIAL_FUNCTIONS = {
-    F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.dropout2d,
-    F.interpolate,
-}
-ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "exp", "abs",
-    "neg", "contiguous", "clone", "float", "double", "half", "to", "type_as",
-}
-METADATA_METHODS = {"size", "dim", "numel", "element_size", "is_contiguous"}
-COMBINING_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
-    operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
-}
-COMBINING_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
-REDUCING_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-REDUCING_METHODS = {"mean", "sum", "amax", "amin"}
-CONCATENATING_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 
 
 @dataclass(frozen=True)
@@ -220,8 +202,17 @@ class _Walk:
             self._freeze(channels, reason)
         return self._fresh(node, reason)
 
+    def _frozen_layer(self, node: fx.Node, module: nn.Module, reason: str) -> Any:
+        """A layer whose channels all stay: what it reads and what it makes are frozen."""
+        reason = f"'{node.target}' ({type(module).__name__}): {reason}"
+        for channels in self._all_channels((node.args, node.kwargs)):
+            self._freeze(channels, reason)
+        return self._fresh(node, reason)
+
     def _module(self, node: fx.Node, module: nn.Module) -> Any:
         what = type(module).__name__
+        if kind_of(module) is not None:  # a layer of a known kind that is not prunable
+            return self._frozen_layer(node, module, refusal(module) or "it is kept whole")
         source = node.args[0] if node.args else None
         channels = self._channels(source)
         if channels is None:
@@ -232,11 +223,23 @@ class _Walk:
             if getattr(module, "inplace", False) and not isinstance(module, INPLACE_SAFE_MODULES):
                 self.flow.out_of_place.append(module)
             return self._carry(node, [source], channels)
-        if isinstance(module, SPATIAL_MODULES) and channels.dim == channels.ndim - 3:
+        if self._keeps_channels_apart(module, channels):
             return self._carry(node, [source], channels)
         if isinstance(module, nn.Flatten):
             return self._flatten(node, source, channels, module.start_dim, module.end_dim)
         return self._unknown(node, what)
+
+    @staticmethod
+    def _keeps_channels_apart(module_or_function: object, channels: Channels) -> bool:
+        """Whether a spatial module or function (pooling, padding, resizing) keeps the
+        channels of this value apart: they are on the dim just before its spatial dims."""
+        dims = spatial_dims(module_or_function)
+        if dims is not None:
+            return channels.dim == channels.ndim - dims - 1
+        channel_first = isinstance(module_or_function, CHANNEL_FIRST_MODULES) or (
+            not isinstance(module_or_function, nn.Module) and module_or_function in CHANNEL_FIRST_FUNCTIONS
+        )
+        return channel_first and channels.dim == 1 and channels.ndim >= 3
 
     def _operation(self, node: fx.Node) -> Any:
         target = node.target
@@ -260,9 +263,17 @@ class _Walk:
         if function in ELEMENTWISE_FUNCTIONS or method in ELEMENTWISE_METHODS:
             if node.kwargs.get("inplace", False) and function not in INPLACE_SAFE_FUNCTIONS:
                 return self._unknown(node, f"{what} in place")
+            if any(_shape(operand) is not None for operand in (*node.args[1:], *node.kwargs.values())):
+                return self._combine(node)  # a clamp to a tensor: like a product with it
             return self._carry(node, [source], channels)
-        if function in SPATIAL_FUNCTIONS and channels.dim == channels.ndim - 3:
+        if function is not None and self._keeps_channels_apart(function, channels):
             return self._carry(node, [source], channels)
+        if function is F.pad:
+            return self._pad(node, source, channels, what)
+        if function in CHUNKING or method in CHUNKING:
+            return self._chunk(node, source, channels, what)
+        if function in SPLITTING or method in SPLITTING:
+            return self._split(node, source, channels, what)
         if function is torch.flatten or method == "flatten":
             start = _argument(node, 1, "start_dim", 0)
             end = _argument(node, 2, "end_dim", -1)
@@ -277,23 +288,23 @@ class _Walk:
             return self._reduce(node, source, channels, what)
         return self._unknown(node, what)
 
-    # -- prunable layers ------------------------------------------------------------------------
+    # -- layers ---------------------------------------------------------------------------------
     def _layer(self, node: fx.Node, layer: PrunableLayer) -> Any:
         name = node.target
+        kind = layer.kind
+        frozen = kind.frozen(layer)
+        if frozen is not None:
+            return self._frozen_layer(node, layer, frozen)
         source = node.args[0]
         channels = self._channels(source)
-        channel_dim = -1 if isinstance(layer, PLinear) else -3
-        if channels is not None and channels.dim != channels.ndim + channel_dim:
+        if channels is not None and channels.dim != kind.input_dim(layer, channels.ndim):
             self._freeze(channels, f"'{name}' ({type(layer).__name__}) does not read them as its channels")
             channels = None
-        if isinstance(layer, PBatchNorm2d) or (isinstance(layer, PConv2d) and layer.is_depthwise):
+        if kind.owns_channels(layer):
             if channels is None:
                 return self._fresh(node, f"'{name}' reads no known channels")
             return self._carry(node, [source], self._own(layer, channels))
-        groups = getattr(layer, "groups", 1)
-        if groups > 1 and layer.in_channels == groups:
-            return self._unknown(node, f"a depthwise {type(layer).__name__} with a channel multiplier")
-        return self._reader(node, layer, source, channels, groups)
+        return self._reader(node, layer, source, channels)
 
     def _own(self, layer: PrunableLayer, channels: Channels) -> Channels:
         """A per-channel layer owns the labels it reads (the same labels at every call)."""
@@ -302,33 +313,28 @@ class _Walk:
             self._tie(self.flow.members[key], channels.labels)
         else:
             self.flow.members[key] = channels.labels
+            self.flow.ties += layer.kind.ties(layer, channels.labels, "output")
         return channels
 
-    def _reader(
-        self, node: fx.Node, layer: PrunableLayer, source: fx.Node, channels: Channels | None, groups: int
-    ) -> Channels | None:
+    def _reader(self, node: fx.Node, layer: PrunableLayer, source: fx.Node, channels: Channels | None) -> Channels:
+        kind = layer.kind
         if channels is not None:
+            fixed = kind.frozen_inputs(layer)
+            if fixed is not None:
+                self._freeze(channels, f"'{node.target}' ({type(layer).__name__}): {fixed}")
             key = (layer, "input")
             if key in self.flow.members:
                 self._tie(self.flow.members[key], channels.labels)
             else:
                 self.flow.members[key] = channels.labels
-                self._tie_groups(channels.labels, groups)
+                self.flow.ties += kind.ties(layer, channels.labels, "input")
             self.readers.append(node)
         key = (layer, "output")
         if key not in self.flow.members:
-            self.flow.members[key] = self._new_space(node.target, layer.num_output_channels, layer)
-            self._tie_groups(self.flow.members[key], groups)
+            self.flow.members[key] = self._new_space(node.target, kind.out_channels(layer), layer)
+            self.flow.ties += kind.ties(layer, self.flow.members[key], "output")
         shape = node.meta["shape"]
-        dim = len(shape) - 1 if isinstance(layer, PLinear) else len(shape) - 3
-        return Channels(dim, len(shape), self.flow.members[key])
-
-    def _tie_groups(self, labels: torch.Tensor, groups: int) -> None:
-        """Tie the channels at the same position of every group of a grouped convolution."""
-        if groups > 1:
-            by_group = labels.view(groups, -1)
-            for group in range(1, groups):
-                self._tie(by_group[0], by_group[group])
+        return Channels(kind.output_dim(layer, len(shape)), len(shape), self.flow.members[key])
 
     # -- operations that carry labels ---------------------------------------------------------
     def _combine(self, node: fx.Node) -> Any:
@@ -376,6 +382,45 @@ class _Walk:
         if any(part is None or part.dim != dim or part.ndim != ndim for part in parts):
             return self._unknown(node, "a concatenation of values without channels along its dim")
         return self._carry(node, list(values), Channels(dim, ndim, torch.cat([part.labels for part in parts])))
+
+    def _pad(self, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
+        """``F.pad`` with ``2 * k`` amounts pads the last ``k`` dims, each channel alike."""
+        amounts = _argument(node, 1, "pad", ())
+        if channels.dim < channels.ndim - len(amounts) // 2:
+            return self._carry(node, [source], channels)
+        return self._unknown(node, f"{what} of the channels")
+
+    def _chunk(self, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
+        """``chunk(n)`` along the channels makes ``n`` equal parts, whose sizes follow the
+        channels: position ``p`` of every part is tied, so that the parts stay equal. Along
+        another dim, every part carries the channels."""
+        parts = node.meta.get("shape")
+        dim = _argument(node, 2, "dim", 0) % channels.ndim
+        if not isinstance(parts, tuple):
+            return self._unknown(node, what)
+        if dim != channels.dim:
+            return self._carry_to_parts(node, source, [channels.labels] * len(parts), channels)
+        count = _argument(node, 1, "chunks", None)
+        size = len(channels.labels)
+        if not isinstance(count, int) or count != len(parts) or size % count:
+            return self._unknown(node, f"{what} of {size} channels into unequal parts")
+        by_part = channels.labels.view(count, -1)
+        for part in range(1, count):
+            self._tie(by_part[0], by_part[part])
+        return self._carry_to_parts(node, source, list(by_part), channels)
+
+    def _split(self, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
+        """``split`` along another dim carries the channels to every part; along the channels
+        its sizes are written out and would not follow pruning."""
+        parts = node.meta.get("shape")
+        dim = _argument(node, 2, "dim", 0) % channels.ndim
+        if not isinstance(parts, tuple) or dim == channels.dim:
+            return self._unknown(node, f"{what} of the channels into sizes written out")
+        return self._carry_to_parts(node, source, [channels.labels] * len(parts), channels)
+
+    def _carry_to_parts(self, node: fx.Node, source: fx.Node, labels: list[torch.Tensor], channels: Channels) -> tuple:
+        self.sources[node] = [source]
+        return tuple(Channels(channels.dim, channels.ndim, part) for part in labels)
 
     def _flatten(self, node: fx.Node, source: fx.Node, channels: Channels, start: int, end: int) -> Any:
         """Flattening dims ``start..end`` keeps channel ``k`` as the block of ``prod(shape of
@@ -441,7 +486,10 @@ class _Walk:
         container, index = node.args
         value = self.values.get(container) if isinstance(container, fx.Node) else None
         if isinstance(value, (list, tuple)):
-            return value[index] if isinstance(index, int) and -len(value) <= index < len(value) else None
+            if not (isinstance(index, int) and -len(value) <= index < len(value)):
+                return None
+            self.sources[node] = [container]
+            return value[index]
         if isinstance(value, dict):
             return value.get(index)
         if not isinstance(value, Channels):

@@ -1,12 +1,15 @@
-"""Drop-in prunable twins of ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.Linear``.
+"""Drop-in prunable twins of torch's layers: convolutions (1-3 dims, plain and transposed),
+batch, instance and group norms, and ``nn.Linear``.
 
-Each twin has the torch layer's constructor and ``state_dict``, estimates the importance of
-its output channels during training (:mod:`prunable_nn.taylor`), and removes channels
-physically: ``drop_output(indices)`` removes output channels, ``drop_input(indices)`` input
-channels. Weights, bias, ``.grad``, running statistics, accumulated estimates, the size
-attributes and (when given) the optimizer's state all follow, and every ``nn.Parameter``
-stays the same object. A grouped convolution keeps its groups alike: every group keeps
-the same number of outputs and the same positions among its inputs.
+Each twin subclasses the torch layer (same constructor, ``forward`` and ``state_dict``),
+estimates the importance of its output channels during training (:mod:`prunable_nn.taylor`),
+and removes channels physically: ``drop_output(indices)`` removes output channels,
+``drop_input(indices)`` input channels. Weights, bias, ``.grad``, running statistics,
+accumulated estimates, the size attributes and (when given) the optimizer's state all
+follow, and every ``nn.Parameter`` stays the same object. What a layer's channels are and how
+they are sliced is its kind's to say (:mod:`prunable_nn.kinds`); the twins of other classes
+(timm's ``BatchNormAct2d``, a registered layer of your own) are made by
+:func:`prunable_nn.kinds.twin_class` in the same way.
 
 Every drop validates first and changes nothing when the indices are bad. The two halves are
 also available separately (``_output_keep`` validates and returns the channels to keep,
@@ -15,57 +18,58 @@ also available separately (``_output_keep`` validates and returns the channels t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
 
-from .channels import expand_to_blocks, keep_indices
-from .surgery import check_resizable, shrink_buffer, shrink_parameter
+from .channels import keep_indices
+from .kinds import CONV, CONV_TRANSPOSE, GROUP_NORM, LINEAR, NORM, LayerKind, register_layer
+from .kinds.conv import is_depthwise
+from .surgery import check_resizable
 from .taylor import TaylorEstimates
 
 Indices = Iterable[int] | torch.Tensor
 Layer = TypeVar("Layer", bound="PrunableLayer")
 
-
-def kept_per_group(keep: torch.Tensor, group_size: int, groups: int) -> list[int]:
-    """How many channels of ``keep`` each of ``groups`` groups holds, channel ``c`` being in
-    group ``c // group_size``."""
-    return torch.bincount(keep // group_size, minlength=groups).tolist()
-
-
-def shared_group_positions(keep: torch.Tensor, group_size: int, groups: int) -> torch.Tensor | None:
-    """The positions ``P`` with ``keep == {k * group_size + p : 0 <= k < groups, p in P}``
-    (every group keeps the same positions), or ``None`` when the groups differ.
-
-    ``keep`` is sorted ascending; so is ``P``, the channels of ``keep`` in group 0.
-    """
-    positions = keep[keep < group_size]
-    expected = (torch.arange(groups)[:, None] * group_size + positions).flatten()
-    return positions if torch.equal(expected, keep) else None
+#: What a twin holds for pruning only; its plain copy (:meth:`PrunableLayer.to_torch`) drops it.
+PRUNING_STATE = ("estimating", "statistic", "name_in_model", "_taylor_count")
+#: Hooks that a plain copy does not take over (forward and backward hooks serve the twin).
+_HOOKS = (
+    "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks",
+)
 
 
 class PrunableLayer(TaylorEstimates):
     """Behaviour shared by the prunable layers; combine with the torch layer it extends."""
 
-    #: The plain torch layer this class extends.
-    torch_class: type[nn.Module]
+    #: The plain class this class extends.
+    torch_class: ClassVar[type[nn.Module]]
+    #: What its channels are and how they are sliced.
+    kind: ClassVar[LayerKind]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_estimates()
         self.name_in_model = ""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        output = super().forward(input)
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        output = super().forward(*args, **kwargs)
         self._record(output)
         return output
+
+    @property
+    def channel_dim(self) -> int:
+        """The channel dim of a batch of outputs, where the estimates are read."""
+        return self.kind.record_dim(self)
 
     # -- conversion -------------------------------------------------------------------------
     @classmethod
     def from_module(cls: type[Layer], module: nn.Module) -> Layer:
-        """The prunable twin of a plain torch layer, sharing its parameters and buffers."""
+        """The prunable twin of a plain layer, sharing its parameters and buffers."""
         if type(module) is not cls.torch_class:
             raise TypeError(
                 f"{cls.__name__}.from_module expects an {cls.torch_class.__module__}."
@@ -80,26 +84,32 @@ class PrunableLayer(TaylorEstimates):
         return twin
 
     def to_torch(self) -> nn.Module:
-        """A plain torch layer with the current shapes and a copy of the current weights."""
-        with torch.device("meta"):
-            plain = self._empty_torch_layer()
-        state = {key: value.detach().clone() for key, value in self.state_dict().items()}
-        plain.load_state_dict(state, assign=True)
-        for name, param in plain.named_parameters():
-            param.requires_grad_(self.get_parameter(name).requires_grad)
-        return plain.train(self.training)
-
-    def _empty_torch_layer(self) -> nn.Module:
-        raise NotImplementedError
+        """A module of the plain class (``nn.Conv2d``, or timm's ``BatchNormAct2d``...) with
+        the current shapes and a copy of everything else: weights, buffers, submodules,
+        ``requires_grad`` and the training flag; not the estimates, ``.grad`` or hooks."""
+        plain = self.torch_class.__new__(self.torch_class)
+        memo = {id(self): plain}
+        for key, value in vars(self).items():
+            if key not in PRUNING_STATE and key not in _HOOKS:
+                plain.__dict__[key] = copy.deepcopy(value, memo)
+        for key in _HOOKS:
+            if key in vars(self):
+                plain.__dict__[key] = type(vars(self)[key])()
+        plain._buffers.pop("_taylor_sum", None)
+        plain._non_persistent_buffers_set.discard("_taylor_sum")
+        for param in plain._parameters.values():
+            if param is not None:
+                param.grad = None
+        return plain
 
     # -- channel counts ----------------------------------------------------------------------
     @property
     def num_output_channels(self) -> int:
-        raise NotImplementedError
+        return self.kind.out_channels(self)
 
     @property
     def num_input_channels(self) -> int:
-        raise NotImplementedError
+        return self.kind.in_channels(self)
 
     def _num_estimated_channels(self) -> int:
         return self.num_output_channels
@@ -122,32 +132,36 @@ class PrunableLayer(TaylorEstimates):
 
     def _output_keep(self, indices: Indices) -> torch.Tensor:
         self._check_resizable()
-        return keep_indices(indices, self.num_output_channels, owner=f"{self.describe()} output")
+        owner = self.describe()
+        keep = keep_indices(indices, self.num_output_channels, owner=f"{owner} output")
+        self.kind.check_outputs(self, keep, owner)
+        return keep
 
     def _input_keep(self, indices: Indices, features_per_channel: int = 1) -> torch.Tensor:
         self._check_resizable()
-        channels = self._input_channels_for(features_per_channel)
-        return keep_indices(indices, channels, owner=f"{self.describe()} input")
+        owner = self.describe()
+        channels = self.kind.input_units(self, features_per_channel, owner)
+        keep = keep_indices(indices, channels, owner=f"{owner} input")
+        self.kind.check_inputs(self, keep, owner)
+        return keep
 
     def _check_resizable(self) -> None:
         for name, param in self.named_parameters(recurse=False):
             check_resizable(param, owner=f"{self.describe()}.{name}")
 
-    def _input_channels_for(self, features_per_channel: int) -> int:
-        if features_per_channel != 1:
-            raise ValueError(
-                f"{self.describe()}: features_per_channel={features_per_channel} applies only "
-                "to a Linear layer fed by a flattened map"
-            )
-        return self.num_input_channels
-
     def _keep_outputs(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-        raise NotImplementedError
+        self.kind.check_outputs(self, keep, self.describe())  # the apply half refuses too, before any change
+        self.kind.keep_outputs(self, keep, optimizer)
+        self._shrink_estimates(keep)
 
     def _keep_inputs(
         self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None, features_per_channel: int
     ) -> None:
-        raise NotImplementedError
+        self.kind.check_inputs(self, keep, self.describe())
+        owned = self.kind.owns_channels(self)  # (a depthwise convolution left with one channel no longer is)
+        self.kind.keep_inputs(self, keep, optimizer, features_per_channel)
+        if owned:
+            self._shrink_estimates(keep)
 
     def describe(self) -> str:
         """The layer's name in its model when known, else its class and configuration."""
@@ -156,175 +170,114 @@ class PrunableLayer(TaylorEstimates):
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-class PConv2d(PrunableLayer, nn.Conv2d):
-    """``nn.Conv2d`` whose output and input channels can be removed.
-
-    A depthwise convolution (``groups == in_channels == out_channels``) removes input and
-    output channels together.
-
-    A grouped convolution with ``groups = g``, ``in_channels = g * cin`` and
-    ``out_channels = g * cout`` (weight ``[g * cout, cin, kh, kw]``) computes output ``o``
-    from the inputs of its group ``o // cout`` only: ``y[o] = b[o] + sum_p w[o, p] * x[(o //
-    cout) * cin + p]``. Input ``i`` is position ``i % cin`` of group ``i // cin``. Since every
-    group has the same shape, a drop must keep it so: ``drop_output`` may remove any outputs
-    that leave every group the same number ``cout' >= 1`` (weight rows and bias follow,
-    ``out_channels = g * cout'``); ``drop_input`` must remove the same positions ``D`` from
-    every group (weight columns ``p`` not in ``D`` stay, ``in_channels = g * (cin - |D|)``).
-    ``groups`` stays ``g``. A depthwise convolution with a channel multiplier ``m``
-    (``groups == in_channels``, ``out_channels = m * in_channels``) is the case ``cin = 1``:
-    its outputs can be removed evenly per group, its inputs cannot (that would remove groups).
-    """
-
-    torch_class = nn.Conv2d
-    channel_dim = 1
+class _Convolution(PrunableLayer):
+    """What the prunable convolutions share (the kind's docstring states the group rules)."""
 
     @property
     def is_depthwise(self) -> bool:
-        return self.groups > 1 and self.groups == self.in_channels == self.out_channels
+        return is_depthwise(self)
 
     @property
     def is_grouped(self) -> bool:
         """``groups > 1`` and not depthwise: drops must treat every group alike."""
         return self.groups > 1 and not self.is_depthwise
 
-    @property
-    def num_output_channels(self) -> int:
-        return self.out_channels
 
-    @property
-    def num_input_channels(self) -> int:
-        return self.in_channels
+class PConv1d(_Convolution, nn.Conv1d):
+    """``nn.Conv1d`` whose output and input channels can be removed (:mod:`prunable_nn.kinds.conv`)."""
 
-    def _output_keep(self, indices: Indices) -> torch.Tensor:
-        keep = super()._output_keep(indices)
-        if self.is_grouped:
-            self._check_even_outputs(keep)
-        return keep
+    torch_class = nn.Conv1d
+    kind = CONV
 
-    def _input_keep(self, indices: Indices, features_per_channel: int = 1) -> torch.Tensor:
-        keep = super()._input_keep(indices, features_per_channel)
-        if self.is_grouped:
-            self._input_positions(keep)
-        return keep
 
-    def _check_even_outputs(self, keep: torch.Tensor) -> None:
-        """Raise unless ``keep`` leaves every group the same number of outputs."""
-        per_group = self.out_channels // self.groups
-        counts = kept_per_group(keep, per_group, self.groups)
-        if len(set(counts)) > 1:
-            dropped = sorted(set(range(self.out_channels)) - set(keep.tolist()))
-            leaves = ", ".join(f"group {k} with {n}" for k, n in enumerate(counts))
-            raise ValueError(
-                f"{self.describe()}: dropping output channels {dropped} would leave {leaves} "
-                f"outputs; a grouped convolution (groups={self.groups}, {per_group} outputs per "
-                "group) must keep the same number of outputs in every group"
-            )
+class PConv2d(_Convolution, nn.Conv2d):
+    """``nn.Conv2d`` whose output and input channels can be removed.
 
-    def _input_positions(self, keep: torch.Tensor) -> torch.Tensor:
-        """The positions within a group that the global inputs ``keep`` keep; raise unless
-        they are the same in every group."""
-        if not self.is_grouped:
-            return keep
-        per_group = self.in_channels // self.groups
-        positions = shared_group_positions(keep, per_group, self.groups)
-        if positions is None:
-            kept = set(keep.tolist())
-            dropped = sorted(set(range(self.in_channels)) - kept)
-            by_group = ", ".join(
-                f"{[p for p in range(per_group) if k * per_group + p not in kept]} in group {k}"
-                for k in range(self.groups)
-            )
-            if per_group == 1:
-                raise ValueError(
-                    f"{self.describe()}: cannot drop input channels {dropped}: a grouped "
-                    f"convolution with groups={self.groups} and one input per group (a channel "
-                    "multiplier) cannot lose inputs without losing whole groups"
-                )
-            raise ValueError(
-                f"{self.describe()}: cannot drop input channels {dropped}: a grouped convolution "
-                f"(groups={self.groups}, {per_group} inputs per group) must drop the same "
-                f"positions from every group, but these drop positions {by_group}"
-            )
-        return positions
+    A depthwise convolution (``groups == in_channels == out_channels``) removes input and
+    output channels together; a grouped one keeps its groups alike, every group keeping the
+    same number of outputs and the same positions among its inputs
+    (:mod:`prunable_nn.kinds.conv`).
+    """
 
-    def _keep_outputs(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-        shrink_parameter(self.weight, 0, keep, optimizer)
-        if self.bias is not None:
-            shrink_parameter(self.bias, 0, keep, optimizer)
-        if self.is_depthwise:
-            self.in_channels = self.groups = len(keep)
-        self.out_channels = len(keep)
-        self._shrink_estimates(keep)
+    torch_class = nn.Conv2d
+    kind = CONV
 
-    def _keep_inputs(
-        self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None, features_per_channel: int
-    ) -> None:
-        """Keep the global input channels ``keep``; a grouped convolution keeps the weight
-        columns of their positions within a group (the same in every group)."""
-        if self.is_depthwise:
-            self._keep_outputs(keep, optimizer)
-            return
-        positions = self._input_positions(keep.cpu())  # raises before any change
-        shrink_parameter(self.weight, 1, positions, optimizer)
-        self.in_channels = self.groups * len(positions)
 
-    def _empty_torch_layer(self) -> nn.Conv2d:
-        return nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            dtype=self.weight.dtype,
-        )
+class PConv3d(_Convolution, nn.Conv3d):
+    """``nn.Conv3d`` whose output and input channels can be removed (:mod:`prunable_nn.kinds.conv`)."""
+
+    torch_class = nn.Conv3d
+    kind = CONV
+
+
+class PConvTranspose1d(_Convolution, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` whose output and input channels can be removed."""
+
+    torch_class = nn.ConvTranspose1d
+    kind = CONV_TRANSPOSE
+
+
+class PConvTranspose2d(_Convolution, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` whose output and input channels can be removed."""
+
+    torch_class = nn.ConvTranspose2d
+    kind = CONV_TRANSPOSE
+
+
+class PConvTranspose3d(_Convolution, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` whose output and input channels can be removed."""
+
+    torch_class = nn.ConvTranspose3d
+    kind = CONV_TRANSPOSE
+
+
+class PBatchNorm1d(PrunableLayer, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` whose channels can be removed (input and output are the same)."""
+
+    torch_class = nn.BatchNorm1d
+    kind = NORM
 
 
 class PBatchNorm2d(PrunableLayer, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose channels can be removed (input and output are the same)."""
 
     torch_class = nn.BatchNorm2d
-    channel_dim = 1
+    kind = NORM
 
-    @property
-    def num_output_channels(self) -> int:
-        return self.num_features
 
-    @property
-    def num_input_channels(self) -> int:
-        return self.num_features
+class PBatchNorm3d(PrunableLayer, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` whose channels can be removed (input and output are the same)."""
 
-    def _keep_outputs(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-        if self.affine:
-            shrink_parameter(self.weight, 0, keep, optimizer)
-            shrink_parameter(self.bias, 0, keep, optimizer)
-        if self.track_running_stats:
-            self.running_mean = shrink_buffer(self.running_mean, 0, keep)
-            self.running_var = shrink_buffer(self.running_var, 0, keep)
-        self.num_features = len(keep)
-        self._shrink_estimates(keep)
+    torch_class = nn.BatchNorm3d
+    kind = NORM
 
-    def _keep_inputs(
-        self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None, features_per_channel: int
-    ) -> None:
-        self._keep_outputs(keep, optimizer)
 
-    def _empty_torch_layer(self) -> nn.BatchNorm2d:
-        return nn.BatchNorm2d(
-            self.num_features,
-            eps=self.eps,
-            momentum=self.momentum,
-            affine=self.affine,
-            track_running_stats=self.track_running_stats,
-            dtype=self._dtype(),
-        )
+class PInstanceNorm1d(PrunableLayer, nn.InstanceNorm1d):
+    """``nn.InstanceNorm1d`` whose channels can be removed."""
 
-    def _dtype(self) -> torch.dtype | None:
-        reference = self.weight if self.affine else self.running_mean
-        return None if reference is None else reference.dtype
+    torch_class = nn.InstanceNorm1d
+    kind = NORM
+
+
+class PInstanceNorm2d(PrunableLayer, nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` whose channels can be removed."""
+
+    torch_class = nn.InstanceNorm2d
+    kind = NORM
+
+
+class PInstanceNorm3d(PrunableLayer, nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` whose channels can be removed."""
+
+    torch_class = nn.InstanceNorm3d
+    kind = NORM
+
+
+class PGroupNorm(PrunableLayer, nn.GroupNorm):
+    """``nn.GroupNorm`` whose channels can be removed, whole groups at a time."""
+
+    torch_class = nn.GroupNorm
+    kind = GROUP_NORM
 
 
 class PLinear(PrunableLayer, nn.Linear):
@@ -335,39 +288,13 @@ class PLinear(PrunableLayer, nn.Linear):
     """
 
     torch_class = nn.Linear
-    channel_dim = -1
+    kind = LINEAR
 
-    @property
-    def num_output_channels(self) -> int:
-        return self.out_features
 
-    @property
-    def num_input_channels(self) -> int:
-        return self.in_features
-
-    def _input_channels_for(self, features_per_channel: int) -> int:
-        if features_per_channel < 1 or self.in_features % features_per_channel:
-            raise ValueError(
-                f"{self.describe()}: {self.in_features} input features cannot be split into "
-                f"channels of features_per_channel={features_per_channel}"
-            )
-        return self.in_features // features_per_channel
-
-    def _keep_outputs(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-        shrink_parameter(self.weight, 0, keep, optimizer)
-        if self.bias is not None:
-            shrink_parameter(self.bias, 0, keep, optimizer)
-        self.out_features = len(keep)
-        self._shrink_estimates(keep)
-
-    def _keep_inputs(
-        self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None, features_per_channel: int
-    ) -> None:
-        features = expand_to_blocks(keep, features_per_channel)
-        shrink_parameter(self.weight, 1, features, optimizer)
-        self.in_features = len(features)
-
-    def _empty_torch_layer(self) -> nn.Linear:
-        return nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None, dtype=self.weight.dtype
-        )
+TWINS: tuple[type[PrunableLayer], ...] = (
+    PConv1d, PConv2d, PConv3d, PConvTranspose1d, PConvTranspose2d, PConvTranspose3d, PBatchNorm1d,
+    PBatchNorm2d, PBatchNorm3d, PInstanceNorm1d, PInstanceNorm2d, PInstanceNorm3d, PGroupNorm, PLinear,
+)
+for _twin in TWINS:
+    register_layer(_twin.torch_class, _twin.kind, twin=_twin)
+register_layer(nn.SyncBatchNorm, NORM)

@@ -2,7 +2,8 @@
 
 The model is traced in training mode, the mode in which it gathers estimates and is
 fine-tuned, so branches that run only in training (auxiliary classifiers) are in the graph.
-Prunable layers stay whole (leaves). A submodule that ``torch.fx`` cannot trace (data-dependent
+Prunable layers and every other layer of a known kind (:mod:`prunable_nn.kinds`: a subclass
+of a convolution kept whole, a layer norm) stay whole (leaves). A submodule that ``torch.fx`` cannot trace (data-dependent
 control flow, unsupported Python) becomes a leaf too: the trace is retried with the innermost
 module that failed kept whole, and the reason is recorded. Only when the model's own
 ``forward`` cannot be traced does :func:`trace` give up.
@@ -17,20 +18,21 @@ for a tensor, a tuple or dict of them for a container, ``None`` otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from .flops import ExampleInputs, as_tuple, evaluating
-from .graph import CONCATENATING_FUNCTIONS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES
-from .layers import PConv2d, PLinear, PrunableLayer
+from .kinds import kind_of
+from .layers import PrunableLayer
+from .ops import CHUNKING, CONCATENATING_FUNCTIONS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES, SPLITTING
 
 #: Modules and methods whose output has their input's shape, dtype and device: on meta
 #: tensors, an empty tensor like the input stands for their output (torch's meta kernels for
-#: batch norm and element-wise ops run slow Python decompositions).
-SHAPE_KEEPING_MODULES = (*ELEMENTWISE_MODULES, nn.modules.batchnorm._BatchNorm)
+#: element-wise ops run slow Python decompositions; a layer's kind gives its own shortcut).
+SHAPE_KEEPING_MODULES = ELEMENTWISE_MODULES
 SHAPE_KEEPING_METHODS = ELEMENTWISE_METHODS - {"float", "double", "half", "to", "type_as"}
 
 
@@ -43,15 +45,30 @@ class OpaqueModule:
 
 
 class PrunableTracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps prunable layers and the modules named in ``opaque`` whole."""
+    """``torch.fx`` tracer that keeps layers of known kinds and the modules named in ``opaque`` whole."""
 
     def __init__(self, opaque: set[str] = frozenset()) -> None:
         super().__init__()
         self.opaque = opaque
 
+    def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:
+        """Iterating over a ``chunk(n)`` or a ``split`` into sizes given as a list (``list(x.chunk(2, 1))``
+        in YOLO's C2f blocks): the parts, whose number the code fixes. Anything else cannot be
+        iterated while tracing."""
+        node = obj.node
+        count = None
+        if node.target in CHUNKING:
+            count = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
+        elif node.target in SPLITTING:
+            sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
+            count = len(sizes) if isinstance(sizes, (list, tuple)) else None
+        if isinstance(count, int):
+            return iter([obj[index] for index in range(count)])
+        return super().iter(obj)
+
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return (
-            isinstance(module, PrunableLayer)
+            kind_of(module) is not None
             or qualified_name in self.opaque
             or super().is_leaf_module(module, qualified_name)
         )
@@ -118,10 +135,10 @@ class ShapeInterpreter(fx.Interpreter):
             return module(*args, **kwargs)
         if isinstance(module, SHAPE_KEEPING_MODULES):
             return torch.empty_like(args[0])
-        if isinstance(module, PConv2d):  # the layers' own arithmetic, without swapping weights
-            return module._conv_forward(args[0], self._meta(module.weight), None)
-        if isinstance(module, PLinear):
-            return F.linear(args[0], self._meta(module.weight))
+        if isinstance(module, PrunableLayer) and len(args) == 1 and not kwargs:
+            shortcut = module.kind.meta_forward(module, args[0])
+            if shortcut is not None:
+                return shortcut
         tensors = {name: self._meta(tensor) for name, tensor in module.named_parameters()}
         tensors.update({name: self._meta(tensor) for name, tensor in module.named_buffers()})
         return torch.func.functional_call(module, tensors, args, kwargs)

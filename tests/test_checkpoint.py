@@ -414,7 +414,7 @@ def test_a_missing_file_is_a_file_not_found_error(tmp_path):
             r"layer 'features.1' \(BatchNorm2d\): .* holds features.1.running_var of shape \(2,\)",
         ),
         (lambda c: c["layers"]["classifier.1"].update(in_features=0), r"'classifier.1'.*in_features=0 is not"),
-        (lambda c: c["layers"]["features.0"].update(kind="Conv3d"), r"'features.0' has kind 'Conv3d'"),
+        (lambda c: c["layers"]["features.0"].update(kind="Conv4d"), r"'features.0' has kind 'Conv4d'"),
         (lambda c: c["layers"]["features.0"].pop("stride"), r"'features.0' \(Conv2d\) has entries"),
         (lambda c: c["state_dict"].update({"features.0.weight": [1.0]}), r"'features.0.weight' is a list, not a"),
     ],

@@ -7,12 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunable_nn import PBatchNorm2d, PConv2d, PLinear, TaylorPruner, convert
+from prunable_nn import PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner, convert
 from nets import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
+class ScaledConv(nn.Conv2d):
+    """A convolution subclass with a forward of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
 class Shared(nn.Module):
-    """A conv registered under two names, a batch norm, a Linear subclass and a head."""
+    """A conv registered under two names, a batch norm, two Linear and Conv2d subclasses and a head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -20,6 +27,7 @@ class Shared(nn.Module):
         self.alias = self.conv
         self.norm = nn.BatchNorm2d(4)
         self.special = nn.modules.linear.NonDynamicallyQuantizableLinear(4, 4)
+        self.scaled = ScaledConv(3, 4, 1)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
 
 
@@ -32,7 +40,10 @@ def test_convert_swaps_exact_torch_layers_in_place_sharing_their_tensors_and_hoo
 
     assert type(model.conv) is PConv2d and model.alias is model.conv
     assert type(model.norm) is PBatchNorm2d and type(model.head[1]) is PLinear
-    assert type(model.special) is nn.modules.linear.NonDynamicallyQuantizableLinear  # subclasses stay
+    # A subclass with no method of its own computes what its base does: it gets a twin of its class.
+    assert isinstance(model.special, PrunableLayer)
+    assert type(model.special).torch_class is nn.modules.linear.NonDynamicallyQuantizableLinear
+    assert type(model.scaled) is ScaledConv  # one with its own forward stays as it is
     assert model.conv.weight is conv_weight and model.head[1].weight is linear_weight
     assert model.norm.running_mean is running_mean
     model.norm(torch.randn(2, 4, 5, 5))

@@ -422,15 +422,13 @@ class UnknownOpNet(nn.Module):
         self.op = op
         self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
         self.scale = nn.Parameter(torch.rand(1, 4, 1, 1) + 0.5)
-        self.conv2 = nn.Conv2d(4 if op != "chunk" else 2, 5, 1)
+        self.conv2 = nn.Conv2d(4, 5, 1)
         self.head = Classifier(5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.conv1(x))
         if self.op == "flip":
             y = y.flip(1)
-        elif self.op == "chunk":
-            y = torch.chunk(y, 2, 1)[0]
         elif self.op == "slice":
             y = torch.cat([y[:, 2:], y[:, :2]], 1)
         elif self.op == "scale":
@@ -444,7 +442,6 @@ class UnknownOpNet(nn.Module):
     "op, why",
     [
         ("flip", "flip"),
-        ("chunk", "chunk"),
         ("slice", "indexing of the channels"),
         ("scale", "fixed per-channel tensor"),
         ("channel mean", "mean"),
