@@ -8,7 +8,24 @@ from .data import digits, fashion_mnist, mnist, read_idx
 from .distributed import DistributedPruningError, rewrap
 from .export import to_torch
 from .flops import count_flops, count_parameters
-from .layers import PBatchNorm2d, PConv2d, PLinear, PrunableLayer
+from .kinds import LayerKind, register_layer
+from .layers import (
+    PBatchNorm1d,
+    PBatchNorm2d,
+    PBatchNorm3d,
+    PConv1d,
+    PConv2d,
+    PConv3d,
+    PConvTranspose1d,
+    PConvTranspose2d,
+    PConvTranspose3d,
+    PGroupNorm,
+    PInstanceNorm1d,
+    PInstanceNorm2d,
+    PInstanceNorm3d,
+    PLinear,
+    PrunableLayer,
+)
 from .loop import (
     AccuracyDrop,
     ChannelsTarget,
@@ -37,8 +54,20 @@ __all__ = [
     "History",
     "MinWeight",
     "Oracle",
+    "LayerKind",
+    "PBatchNorm1d",
     "PBatchNorm2d",
+    "PBatchNorm3d",
+    "PConv1d",
     "PConv2d",
+    "PConv3d",
+    "PConvTranspose1d",
+    "PConvTranspose2d",
+    "PConvTranspose3d",
+    "PGroupNorm",
+    "PInstanceNorm1d",
+    "PInstanceNorm2d",
+    "PInstanceNorm3d",
     "PLinear",
     "ParamsTarget",
     "PrunableLayer",
@@ -59,6 +88,7 @@ __all__ = [
     "mnist",
     "prune_loop",
     "read_idx",
+    "register_layer",
     "rewrap",
     "save_pruned",
     "to_torch",

@@ -24,6 +24,7 @@ from .criteria import Criterion, Taylor
 from .distributed import ProcessGroup, check_agreement, is_distributed, reduced_estimates
 from .flops import ExampleInputs, flops_per_module
 from .graph import channel_flow
+from .kinds import kind_of, refusal
 from .layers import PrunableLayer
 from .ranking import l2_normalise, lowest_blocks, reaching, relative_costs
 from .trace import trace
@@ -50,8 +51,10 @@ class TaylorPruner:
     """Prunes the globally least important channels of any model.
 
     Args:
-        model: the network. Its ``nn.Conv2d``, ``nn.BatchNorm2d`` and ``nn.Linear`` layers are
-            replaced in place by their prunable twins (sharing their weights).
+        model: the network. Its layers of known kinds (torch's convolutions, normalisations
+            and ``nn.Linear``, timm's variants of them, layers registered with
+            :func:`~prunable_nn.kinds.register_layer`) are replaced in place by their prunable
+            twins, which share their weights (:mod:`prunable_nn.convert`).
         example_inputs: inputs of one forward pass (a tensor or a tuple), used to find the
             shapes in the graph and to count FLOPs. A ``PrunableModule`` gives its own.
         normalize: divide each member's values by their L2 norm before ranking.
@@ -211,6 +214,9 @@ class TaylorPruner:
             lines.append(f"  {frozen.name}: not prunable, {frozen.reason}")
         for module in self.opaque:
             lines.append(f"  {module.name}: kept whole, torch.fx cannot trace it ({module.error})")
+        for name, module in self.model.named_modules():
+            if kind_of(module) is not None and not isinstance(module, PrunableLayer):
+                lines.append(f"  {name}: {type(module).__name__} kept as it is, {refusal(module)}")
         return "\n".join(lines)
 
     __repr__ = report
