@@ -18,7 +18,8 @@ for a tensor, a tuple or dict of them for a container, ``None`` otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -45,26 +46,35 @@ class OpaqueModule:
 
 
 class PrunableTracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps layers of known kinds and the modules named in ``opaque`` whole."""
+    """``torch.fx`` tracer that keeps layers of known kinds and the modules named in ``opaque``
+    whole. A root ``forward`` with ``*args`` or ``**kwargs`` (``forward(self, x, *args,
+    **kwargs)`` of Ultralytics' models) is traced as called with ``num_inputs`` positional
+    inputs and nothing else, as the example inputs call it."""
 
-    def __init__(self, opaque: set[str] = frozenset()) -> None:
+    def __init__(self, opaque: set[str] = frozenset(), num_inputs: int = 1) -> None:
         super().__init__()
         self.opaque = opaque
+        self.num_inputs = num_inputs
 
-    def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:
-        """Iterating over a ``chunk(n)`` or a ``split`` into sizes given as a list (``list(x.chunk(2, 1))``
-        in YOLO's C2f blocks): the parts, whose number the code fixes. Anything else cannot be
-        iterated while tracing."""
-        node = obj.node
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):  # noqa: ANN001, ANN201 (fx's signature)
+        code = inspect.unwrap(root_fn).__code__
+        if concrete_args is None and is_module and code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS):
+            root_fn = _fixed_arity(root_fn, self.num_inputs)
+        return super().create_args_for_root(root_fn, is_module, concrete_args)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        """A ``chunk(n)`` or a ``split`` into sizes given as a list gives a proxy of its
+        parts, whose number the code fixes: ``list(x.chunk(2, 1))`` (YOLO's C2f blocks) and
+        ``a, b = x.split([c, c], 1)`` trace."""
         count = None
         if node.target in CHUNKING:
             count = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
         elif node.target in SPLITTING:
             sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
             count = len(sizes) if isinstance(sizes, (list, tuple)) else None
-        if isinstance(count, int):
-            return iter([obj[index] for index in range(count)])
-        return super().iter(obj)
+        if isinstance(count, int) and not isinstance(count, bool):
+            return PartsProxy(node, self, count)
+        return super().proxy(node)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return (
@@ -72,6 +82,20 @@ class PrunableTracer(fx.Tracer):
             or qualified_name in self.opaque
             or super().is_leaf_module(module, qualified_name)
         )
+
+
+class PartsProxy(fx.Proxy):
+    """The proxy of a value made of ``count`` parts: it has a length and can be iterated."""
+
+    def __init__(self, node: fx.Node, tracer: fx.Tracer, count: int) -> None:
+        super().__init__(node, tracer)
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[fx.Proxy]:
+        return iter([self[index] for index in range(self.count)])
 
 
 def trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[fx.Graph, list[OpaqueModule]]:
@@ -82,7 +106,7 @@ def trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[fx.Graph, li
     model.train()
     try:
         while True:
-            tracer = PrunableTracer({module.name for module in opaque})
+            tracer = PrunableTracer({module.name for module in opaque}, len(as_tuple(example_inputs)))
             try:
                 graph = tracer.trace(model)
                 break
@@ -175,6 +199,22 @@ def _shapes(value: object) -> object:
     if isinstance(value, dict):
         return {key: _shapes(item) for key, item in value.items()}
     return None
+
+
+def _fixed_arity(forward: Callable[..., object], count: int) -> Callable[..., object]:
+    """``forward`` as a function of ``self`` and exactly ``count`` positional inputs, named
+    as its own positional parameters are (``input_k`` past them), for fx to make one
+    placeholder each."""
+    positional = [
+        parameter.name
+        for parameter in list(inspect.signature(forward).parameters.values())[1:]
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    names = (positional + [f"input_{index}" for index in range(len(positional), count)])[:count]
+    arguments = ", ".join(names)
+    namespace = {"forward": forward}
+    exec(f"def fixed(self, {arguments}):\n    return forward(self, {arguments})\n", namespace)  # noqa: S102
+    return namespace["fixed"]
 
 
 def _innermost_module(tracer: fx.Tracer) -> str:

@@ -9,11 +9,14 @@ The policy for subclasses, which is what keeps a pruned model exact:
 
 - a registered class (torch's own or a listed variant such as timm's ``BatchNormAct2d``) is
   handled by its kind, which was written for what its ``forward`` does;
-- an unregistered subclass of a registered class is handled like that class when it adds
-  no method of its own besides ``__init__``, ``extra_repr`` and ``reset_parameters``: the
-  computation is the base class's. A subclass with a ``forward`` (or other method) of its
-  own could do anything to its channels: it is kept whole and its channels stay, with the
-  reason in the report, until :func:`register_layer` teaches prunable_nn its kind;
+- an unregistered subclass of a registered class is handled like that class when it
+  overrides none of its methods but ``__init__``, ``__repr__``, ``extra_repr`` and
+  ``reset_parameters``: the base class's ``forward`` runs, and it can call only methods the
+  base class has, so methods the subclass adds (torchvision's ``Conv3DSimple`` adds
+  ``get_downsample_stride``) change nothing. A subclass that overrides ``forward`` (or any
+  method ``forward`` may call) could do anything to its channels: it is kept whole and its
+  channels stay, with the reason in the report, until :func:`register_layer` teaches
+  prunable_nn its kind;
 - a module holding a parameter or buffer that its kind does not know (``weight_orig`` of
   ``torch.nn.utils.prune``, say) is kept whole too: removal would leave that tensor as it
   was.
@@ -115,11 +118,11 @@ def refusal(module: nn.Module) -> str | None:
     if not kind.prunable:
         return kind.frozen(module)
     if base is not cls:
-        own = _own_methods(cls, base)
-        if own:
+        overridden = _overridden_methods(cls, base)
+        if overridden:
             return (
-                f"{cls.__name__} subclasses {base.__module__}.{base.__name__} with methods of its own "
-                f"({', '.join(own)}), so what it does to channels is unknown; register_layer teaches it"
+                f"{cls.__name__} subclasses {base.__module__}.{base.__name__} and overrides "
+                f"{', '.join(overridden)}, so what it does to channels is unknown; register_layer teaches it"
             )
     unknown = sorted({*module._parameters, *module._buffers} - kind.known_tensors(module) - {"_taylor_sum"})
     if unknown:
@@ -127,17 +130,17 @@ def refusal(module: nn.Module) -> str | None:
     return None
 
 
-def _own_methods(cls: type, base: type) -> list[str]:
-    """The methods that the classes between ``cls`` and ``base`` define themselves."""
-    names: list[str] = []
-    for klass in cls.__mro__[: cls.__mro__.index(base)]:
-        for name, value in vars(klass).items():
-            if name in HARMLESS_METHODS or not (callable(value) or isinstance(value, (property, staticmethod, classmethod))):
-                continue
-            if name.startswith("__") and name.endswith("__") and not inspect.isfunction(value):
-                continue
-            names.append(name)
-    return sorted(set(names))
+def _overridden_methods(cls: type, base: type) -> list[str]:
+    """The methods of ``base`` that the classes between ``cls`` and ``base`` define anew."""
+    names = {
+        name
+        for klass in cls.__mro__[: cls.__mro__.index(base)]
+        for name, value in vars(klass).items()
+        if name not in HARMLESS_METHODS
+        and hasattr(base, name)
+        and (inspect.isfunction(value) or isinstance(value, (property, staticmethod, classmethod)))
+    }
+    return sorted(names)
 
 
 def record_kinds() -> dict[str, LayerKind]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..ops import ELEMENTWISE_MODULES
-from . import CONV, GROUP_NORM, NORM
+from . import CONV, GROUP_NORM, LINEAR, NORM
 from .per_channel import ChannelMixing, PerChannel
 from .registry import register_layer
 
@@ -62,3 +62,4 @@ for _name in ("norm.LayerNorm2d", "norm.LayerNorm2dFp32", "norm_act.LayerNormAct
     register_layer(TIMM + _name, _ACROSS_CHANNELS)
 register_layer(nn.LayerNorm, _ACROSS_CHANNELS)
 register_layer("torchvision.ops.misc.FrozenBatchNorm2d", PerChannel(tensors=_FROZEN_STATISTICS))
+register_layer(TIMM + "linear.Linear", LINEAR)  # casts its weight to the input's dtype under TorchScript only
