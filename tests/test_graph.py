@@ -1,6 +1,7 @@
 """Channel labels through a ``torch.fx`` graph: random small programs of plain torch layers
 (conv blocks, residual additions, concatenations, squeeze-and-excitation gates, depthwise and
-grouped convolutions, and now and then an op the pruner does not understand) prune with
+grouped convolutions, subclasses of torch's layers as other libraries write them, modules with
+per-channel state that fx cannot trace, and now and then an op the pruner does not understand) prune with
 "removal = masking" holding after every round; and the patterns that must freeze do."""
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from nets import (
     one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
 )
-from prunable_nn import PConv2d, PLinear, TaylorPruner
+from prunable_nn import PConv2d, PLinear, PrunableLayer, TaylorPruner
+from prunable_nn.kinds import NORM, register_layer
 
 #: ``PRUNABLE_NN_GRAPH_EXAMPLES=2000`` for a longer search.
 GRAPH_SETTINGS = settings(
@@ -31,6 +33,48 @@ GRAPH_SETTINGS = settings(
 MAX_CHANNELS = 12
 RELU_STYLES = ("module", "module_inplace", "function", "function_inplace")
 ADD_STYLES = ("plus", "torch.add", "add_")
+
+
+# -- layers of other libraries, as they subclass torch's ----------------------------------------------
+class BatchNormReLU(nn.BatchNorm2d):
+    """Batch norm and ReLU in one module, like timm's ``BatchNormAct2d``: registered below."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(super().forward(x))
+
+
+register_layer(BatchNormReLU, NORM)
+
+
+class TaggedConv(nn.Conv2d):
+    """A convolution subclass that only adds a method: it computes what ``nn.Conv2d`` does."""
+
+    def describe_me(self) -> str:
+        return f"conv {self.in_channels}->{self.out_channels}"
+
+
+class ChannelSwapConv(nn.Conv2d):
+    """A convolution subclass whose own forward mixes its output channels (not registered)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).roll(1, dims=1)
+
+
+class GatedScale(nn.Module):
+    """An unknown module with a per-channel parameter and data-dependent control flow, which
+    fx cannot trace: it is kept whole."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.rand(channels) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * self.gamma.view(1, -1, 1, 1)
+        return x
+
+
+SUBCLASSES = ("batchnorm_relu", "tagged_conv", "channel_swap_conv", "gated_scale")
 
 
 # -- random programs ------------------------------------------------------------------------------
@@ -90,6 +134,18 @@ class ProgramNet(nn.Module):
                 self.register_parameter(f"scale{len(self.ops)}", nn.Parameter(torch.rand(1, first, 1, 1) + 0.5))
                 channels.append(first)
             elif kind in ("shuffle", "flip"):
+                channels.append(first)
+            elif kind == "batchnorm_relu":
+                modules["layer"] = BatchNormReLU(first)
+                channels.append(first)
+            elif kind == "tagged_conv":
+                modules["layer"] = TaggedConv(first, options["out"], 3, padding=1)
+                channels.append(options["out"])
+            elif kind == "channel_swap_conv":
+                modules["layer"] = ChannelSwapConv(first, options["out"], 1)
+                channels.append(options["out"])
+            elif kind == "gated_scale":
+                modules["layer"] = GatedScale(first)
                 channels.append(first)
             elif kind == "chunk":
                 channels.append(first // 2)
@@ -166,6 +222,8 @@ class ProgramNet(nn.Module):
             return x.flip(1)
         if kind == "chunk":
             return torch.chunk(x, 2, 1)[0]
+        if kind in SUBCLASSES:
+            return modules["layer"](x)
         raise ValueError(kind)
 
 
@@ -198,7 +256,7 @@ def program_nets(draw: st.DrawFn) -> tuple[ProgramNet, torch.Tensor]:
         + ["add"] * 3
         + ["cat"] * 2
         + ["se", "depthwise", "grouped"] * 2
-        + ["bn", "maxpool", "unknown"]
+        + ["bn", "maxpool", "unknown", "subclass"]
     )
     for step in range(draw(st.integers(1, 6), label="ops")):
         kind = "conv" if step == 0 else draw(st.sampled_from(kinds))
@@ -253,6 +311,12 @@ def program_nets(draw: st.DrawFn) -> tuple[ProgramNet, torch.Tensor]:
             g = draw(st.sampled_from(groups))
             out = _width(draw, channels, multiple_of=g)
             program.append(("grouped", (src,), {"g": g, "out": out, "k": draw(st.sampled_from([1, 3]))}))
+            channels.append(out)
+            continue
+        if kind == "subclass":
+            which = draw(st.sampled_from(SUBCLASSES))
+            out = _width(draw, channels) if which.endswith("conv") else c
+            program.append((which, (src,), {"out": out}))
             channels.append(out)
             continue
         if kind == "unknown":
@@ -323,7 +387,8 @@ def test_random_programs_prune_as_masking(net_and_inputs, data):
     with torch.no_grad():
         shape = net(inputs).shape
     pruner = TaylorPruner(net, inputs)
-    assert all(isinstance(m, PConv2d) for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert all(isinstance(m, PrunableLayer) == (type(m) is not ChannelSwapConv) for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert all(isinstance(m, PrunableLayer) for m in net.modules() if isinstance(m, nn.BatchNorm2d))
     assert all(isinstance(m, PLinear) for m in net.modules() if isinstance(m, nn.Linear))
     for _ in range(data.draw(st.integers(1, 3), label="rounds")):
         before = pruner.num_prunables
