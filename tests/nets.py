@@ -267,20 +267,6 @@ def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) 
     return sum(F.cross_entropy(output, labels) for output in outputs if output is not None)
 
 
-def randomize_constant_parameters(model: nn.Module) -> nn.Module:
-    """Draw every parameter that its initialisation made constant (batch norms' scales and
-    shifts, zero-initialised gains of residual branches, layer scales of 1e-6) from [0.5, 1.5).
-
-    Many models start their residual branches at zero (timm's ``zero_init_last``), which hides
-    the branch from the output: a masking test would then compare nothing there."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.numel() and bool((param == param.flatten()[0]).all()):
-                param.copy_(torch.rand(param.shape, generator=generator, dtype=param.dtype) + 0.5)
-    return model
-
-
 def tensors_of(output) -> list[torch.Tensor]:
     """Every tensor in a model's output (nested in tuples, lists and dicts)."""
     if isinstance(output, torch.Tensor):

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import their own modules: so do these tests
 
 
 def run_quick(script: str, out: Path, *options: str) -> subprocess.CompletedProcess:
@@ -351,3 +350,16 @@ def test_a_progress_line_is_one_write_so_lines_of_parallel_workers_never_run_tog
     monkeypatch.setattr(sys, "stdout", stream)
     report.say("  seed 1, APoZ: 4 rounds in 18 s")
     assert stream.writes == ["  seed 1, APoZ: 4 rounds in 18 s\n", "<flush>"]
+
+
+def test_coverage_quick_run_tabulates_both_shares_and_the_frozen_reasons(tmp_path):
+    out = tmp_path / "coverage.md"
+    run_quick("coverage.py", out)
+    rows = {cells[0].strip(): [cell.strip() for cell in cells[1:]]
+            for cells in (line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| "))}
+    numbers = json.loads(out.with_suffix(".json").read_text())["models"]
+    assert list(numbers) == ["resnet10t", "cspresnet50", "r3d_18"]
+    assert numbers["resnet10t"]["ours"] == 1.0 and rows["resnet10t"][0] == "100.0%"
+    # cspnet splits its channels by sizes written in its code: those stay, and the table says why
+    assert 0.3 < numbers["cspresnet50"]["ours"] < 0.8
+    assert "split" in rows["cspresnet50"][3]

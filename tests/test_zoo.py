@@ -19,9 +19,9 @@ from nets import (
     logits,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
-    randomize_constant_parameters,
     tensors_of,
 )
+from zoo import OTHER_MODELS, other_model
 
 slow = pytest.mark.slow
 
@@ -117,69 +117,15 @@ def mean_square(output) -> torch.Tensor:
     return sum(tensor.double().square().mean() for tensor in tensors_of(output) if tensor.is_floating_point())
 
 
-class DenseDetector(torch.nn.Module):
-    """What a detector computes at every position of the image: its backbone (with the
-    feature pyramid) and its dense heads (RPN, RetinaNet's or SSD's). The features come out
-    too, so the channels that the region heads read after RoI pooling, which fx cannot
-    follow, stay. Users train the whole detector with its losses: the estimates are recorded
-    wherever these layers run, so the pruner needs only this part's graph."""
-
-    def __init__(self, detector: torch.nn.Module) -> None:
-        super().__init__()
-        self.backbone = detector.backbone
-        self.head = detector.rpn.head if hasattr(detector, "rpn") else detector.head
-
-    def forward(self, images: torch.Tensor):
-        features = list(self.backbone(images).values())
-        return features, self.head(features)
-
-
-DETECTION = torchvision.models.detection
-SEGMENTATION = torchvision.models.segmentation
-#: name -> (builder, input shape)
-DENSE_MODELS = {
-    "fcn_resnet50": (lambda: SEGMENTATION.fcn_resnet50(weights=None, weights_backbone=None, num_classes=5), (2, 3, 64, 64)),
-    "deeplabv3_mobilenet_v3_large": (
-        lambda: SEGMENTATION.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5), (2, 3, 64, 64)
-    ),
-    "lraspp_mobilenet_v3_large": (
-        lambda: SEGMENTATION.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5), (2, 3, 64, 64)
-    ),
-    "fasterrcnn_mobilenet_v3_large_320_fpn": (
-        lambda: DenseDetector(DETECTION.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=5)),
-        (2, 3, 64, 64),
-    ),
-    "retinanet_resnet50_fpn": (
-        lambda: DenseDetector(DETECTION.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=5)),
-        (2, 3, 64, 64),
-    ),
-    "ssdlite320_mobilenet_v3_large": (
-        lambda: DenseDetector(DETECTION.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5)),
-        (2, 3, 64, 64),
-    ),
-    "r3d_18": (lambda: torchvision.models.video.r3d_18(num_classes=5), (2, 3, 4, 32, 32)),
-}
-
-
-def yolov8n() -> torch.nn.Module:
-    """Ultralytics' YOLOv8n built from its yaml (random init); its forward is ``forward(x,
-    *args, **kwargs)`` and in training it returns the raw predictions with the features."""
-    tasks = pytest.importorskip("ultralytics.nn.tasks")
-    return tasks.DetectionModel("yolov8n.yaml", nc=5, verbose=False)
-
-
-DENSE_MODELS["yolov8n"] = (yolov8n, (2, 3, 64, 64))
-
-
 @slow
-@pytest.mark.parametrize("name", list(DENSE_MODELS))
+@pytest.mark.parametrize("name", list(OTHER_MODELS))
 def test_dense_detection_video_and_yolo_models_prune_as_masking_says(name):
-    """Driven with a mean-square stand-in for the task's loss on every output, in training
-    mode, and compared in eval mode, every output tensor (YOLO's decoded boxes included)."""
-    build, shape = DENSE_MODELS[name]
-    torch.manual_seed(0)
-    model = randomize_constant_parameters(build().double())
-    inputs = torch.randn(*shape, dtype=torch.float64)
+    """``benchmarks/zoo.py`` says how each is driven: detectors through their dense part.
+    Estimates come from a mean-square stand-in for the task's loss on every output, in
+    training mode; eval mode compares every output tensor (YOLO's decoded boxes included)."""
+    if name == "yolov8n":
+        pytest.importorskip("ultralytics")
+    model, inputs = other_model(name)
     pruner = TaylorPruner(model, inputs)
     total = pruner.num_prunables
     assert total > 0, pruner.report()
