@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from prunable_nn import Chain, PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner
+from zoo import tensors_of
 
 SIZE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features")
 
@@ -265,17 +266,6 @@ def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) 
     outputs = model(inputs)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     return sum(F.cross_entropy(output, labels) for output in outputs if output is not None)
-
-
-def tensors_of(output) -> list[torch.Tensor]:
-    """Every tensor in a model's output (nested in tuples, lists and dicts)."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [tensor for value in output.values() for tensor in tensors_of(value)]
-    if isinstance(output, (list, tuple)):
-        return [tensor for value in output for tensor in tensors_of(value)]
-    return []
 
 
 def prune_and_check_masking(

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from prunable_nn import PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner, convert
 from nets import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -90,3 +91,31 @@ def test_a_pruner_that_cannot_run_the_model_leaves_it_as_it_was():
     assert [type(layer) for layer in model] == [nn.Conv2d, nn.BatchNorm2d, nn.SiLU, nn.Flatten, nn.Linear]
     assert model[2].inplace
     assert all(torch.equal(model.state_dict()[name], value) for name, value in state.items())
+
+
+def test_the_report_names_every_layer_kept_as_it_is_with_its_reason():
+    """A subclass with its own forward, a layer holding a tensor its kind does not slice
+    (``torch.nn.utils.prune``'s mask) and a layer norm across the channels all stay."""
+    torch.manual_seed(0)
+    masked = nn.Conv2d(4, 4, 1)
+    torch_prune.l1_unstructured(masked, "weight", amount=0.5)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), ScaledConv(4, 4, 1), nn.ReLU(), masked, nn.ReLU(),
+        nn.Conv2d(4, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LayerNorm(4), nn.Linear(4, 3),
+    )
+    pruner = TaylorPruner(model, torch.randn(2, 3, 5, 5))
+    lines = {line.split(":")[0].strip(): line for line in pruner.report().splitlines()}
+    assert "ScaledConv kept as it is" in lines["1"] and "overrides forward" in lines["1"]
+    assert "Conv2d kept as it is" in lines["3"] and "'weight_mask', 'weight_orig'" in lines["3"]
+    assert "LayerNorm kept as it is" in lines["8"] and "normalises across its channels" in lines["8"]
+    assert type(model[1]) is ScaledConv and type(model[3]) is nn.Conv2d and type(model[8]) is nn.LayerNorm
+    reasons = {frozen.name: frozen.reason for frozen in pruner.frozen}  # the chains into them stay, saying why
+    assert "overrides forward" in reasons["0"] and "LayerNorm" in reasons["5"]
+
+
+def test_a_group_norm_of_one_group_freezes_its_chain_and_says_why():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(1, 4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    pruner = TaylorPruner(model, torch.randn(2, 3, 5, 5))
+    assert [chain.name for chain in pruner.chains] == ["3"]
+    assert "of one group normalises all its channels together" in {f.name: f.reason for f in pruner.frozen}["0"]

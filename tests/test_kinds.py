@@ -33,6 +33,8 @@ from prunable_nn import (
     PrunableLayer,
     TaylorPruner,
     convert,
+    load_pruned,
+    save_pruned,
 )
 from prunable_nn.kinds import PerChannel, register_layer, twin_class
 from nets import prune_and_check_masking
@@ -285,3 +287,36 @@ def test_convert_makes_twins_of_every_kind():
     assert [type(m).__name__ for m in net.features if isinstance(m, PrunableLayer)] == [
         "PConv1d", "PBatchNorm1d", "PConv1d", "PGroupNorm", "PConvTranspose1d", "PInstanceNorm1d",
     ]
+
+
+@pytest.mark.parametrize("make, shape", [(Net1d, (4, 2, 16)), (UNet2d, (4, 1, 8, 8)), (Net3d, (4, 3, 4, 6, 6))],
+                         ids=["1-d", "u-net", "3-d"])
+def test_a_pruned_network_of_every_kind_saves_and_loads_into_a_fresh_one(make, shape, tmp_path):
+    torch.manual_seed(0)
+    net = make().double()
+    inputs = torch.randn(*shape, dtype=DOUBLE)
+    pruner = TaylorPruner(net, inputs)
+    prune_and_check_masking(net, pruner, inputs, max(2, pruner.num_prunables // 4))
+    save_pruned(net, tmp_path / "net.pt")
+    fresh = load_pruned(make().double(), tmp_path / "net.pt").eval()
+    assert_equal(run(fresh, inputs), run(net.eval(), inputs))
+
+
+# -- the look-alikes: per-channel layers that subclass no torch norm ---------------------------
+def test_torchvisions_frozen_batch_norm_is_a_per_channel_layer():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1), FrozenBatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 4, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).double()
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean"):
+            getattr(net[1], name).copy_(torch.randn(6))
+    inputs = torch.randn(4, 2, 5, 5, dtype=DOUBLE)
+    pruner = TaylorPruner(net, inputs)
+    assert isinstance(net[1], FrozenBatchNorm2d) and isinstance(net[1], PrunableLayer)
+    assert [layer for layer in pruner.chains[0].producers] == [net[0], net[1]]
+    prune_and_check_masking(net, pruner, inputs, max_to_prune=3)
+    assert net[1].running_var.shape == (net[0].out_channels,)

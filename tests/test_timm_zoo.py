@@ -19,12 +19,11 @@ import torch
 from nets import (
     one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
-    tensors_of,
     training_loss,
 )
-from prunable_nn import TaylorPruner, count_flops
+from prunable_nn import TaylorPruner, count_flops, load_pruned, save_pruned
 from prunable_nn.kinds import NormKind, kind_of
-from zoo import TIMM_MODELS, TIMM_NOTHING_PRUNABLE, timm_model
+from zoo import TIMM_MODELS, TIMM_NOTHING_PRUNABLE, tensors_of, timm_model
 
 timm = pytest.importorskip("timm")
 slow = pytest.mark.slow
@@ -84,3 +83,37 @@ def test_dead_channels_go_first_and_the_function_stays(name):
     with torch.no_grad():
         for got, want in zip(tensors_of(model.eval()(inputs)), expected):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_weight_standardised_convolution_loses_outputs_with_its_gain_and_keeps_its_inputs(tmp_path):
+    from timm.layers import ScaledStdConv2d
+
+    def network() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            ScaledStdConv2d(3, 8, 3), torch.nn.ReLU(), ScaledStdConv2d(8, 6, 3), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(6, 3),
+        ).double()
+
+    net, inputs = network(), torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        net[2].gain.uniform_(0.5, 1.5)
+    pruner = TaylorPruner(net, inputs)
+    assert [chain.name for chain in pruner.chains] == ["2"]  # conv 0's outputs are conv 2's inputs
+    assert "standardised over each output channel's whole fan-in" in pruner.report()
+    prune_and_check_masking(net, pruner, inputs, max_to_prune=2)
+    assert net[2].gain.shape == (4, 1, 1, 1) and net[6].in_features == 4
+    save_pruned(net, tmp_path / "net.pt")
+    fresh = load_pruned(network(), tmp_path / "net.pt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(inputs), net.eval()(inputs))
+
+
+def test_a_pruned_timm_model_saves_and_loads_into_a_fresh_one(tmp_path):
+    model, inputs = timm_model("tf_efficientnet_b0")  # BatchNormAct2d, Conv2dSame
+    pruner = TaylorPruner(model, inputs)
+    prune_and_check_masking(model, pruner, inputs, max_to_prune=200)
+    save_pruned(model, tmp_path / "model.pt")
+    fresh = load_pruned(timm_model("tf_efficientnet_b0")[0], tmp_path / "model.pt").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(inputs), model.eval()(inputs))

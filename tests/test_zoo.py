@@ -19,9 +19,8 @@ from nets import (
     logits,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
-    tensors_of,
 )
-from zoo import OTHER_MODELS, other_model
+from zoo import OTHER_MODELS, mean_square, other_model, tensors_of
 
 slow = pytest.mark.slow
 
@@ -112,11 +111,6 @@ def test_shapes_on_meta_tensors_are_the_real_ones(name):
 
 
 # -- dense prediction, detection, video, YOLO --------------------------------------------------------
-def mean_square(output) -> torch.Tensor:
-    """A stand-in for a task's loss that gives every output a gradient."""
-    return sum(tensor.double().square().mean() for tensor in tensors_of(output) if tensor.is_floating_point())
-
-
 @slow
 @pytest.mark.parametrize("name", list(OTHER_MODELS))
 def test_dense_detection_video_and_yolo_models_prune_as_masking_says(name):
