@@ -35,6 +35,7 @@ demo: $(STAMP) $(FASHION_MNIST)
 bench: $(STAMP) $(FASHION_MNIST)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/convert.py
+	$(PY) benchmarks/coverage.py
 	$(PY) benchmarks/latency.py
 	$(PY) benchmarks/latency.py --round-to 8 --out benchmarks/results/latency_round8.md
 	$(PY) benchmarks/oracle_correlation.py

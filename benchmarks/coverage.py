@@ -16,7 +16,8 @@ What is measured
       makes the output) ignored as Torch-Pruning requires. A model on which it raises gets
       the error's type. Then, on a fresh copy, whether its pruner can use those groups: one
       ``MetaPruner(..., pruning_ratio=0.1)`` step by L2 magnitude, and a forward pass of the
-      pruned model ("ok", or the type of the error and where it came).
+      pruned model ("ok", or the type of the error and where it came). Each of the two gets
+      ``--tp-seconds`` (60 by default); its graph walk takes minutes on some models.
 
     Neither number says the pruning is right: the tests check ours against masking
     (``tests/test_timm_zoo.py``, ``tests/test_zoo.py``); Torch-Pruning's groups are taken as
@@ -30,8 +31,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -96,10 +100,34 @@ def classifier(model: nn.Module) -> list[nn.Module]:
     return convs[-1:]
 
 
-def torch_pruning(name: str) -> tuple[float | str, str]:
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raise ``TimeoutError`` in the block after ``seconds`` (SIGALRM: the main thread only)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"no result in {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def torch_pruning(name: str, seconds: int) -> tuple[float | str, str]:
     """Torch-Pruning's prunable share of the convolution output channels (or its error), and
-    how one step of its pruner went."""
-    return torch_pruning_share(name), torch_pruning_step(name)
+    how one step of its pruner went, each within ``seconds``."""
+    return within(seconds, lambda: torch_pruning_share(name)), within(seconds, lambda: torch_pruning_step(name))
+
+
+def within(seconds: int, measure: Callable[[], float | str]) -> float | str:
+    try:
+        with time_limit(seconds):
+            return measure()
+    except TimeoutError as error:
+        return str(error)
 
 
 def torch_pruning_step(name: str) -> str:
@@ -116,6 +144,8 @@ def torch_pruning_step(name: str) -> str:
         stage = "forward"
         with torch.no_grad():
             model.eval()(inputs)
+    except TimeoutError:
+        raise
     except Exception as error:  # what it raises is the finding
         return f"{type(error).__name__} in its {stage}"
     return "ok"
@@ -136,6 +166,8 @@ def torch_pruning_share(name: str) -> float | str:
                 module = dependency.target.module
                 if isinstance(module, nn.modules.conv._ConvNd) and "out_channels" in dependency.handler.__name__:
                     removable.update((id(module), index) for index in indices)
+    except TimeoutError:
+        raise
     except Exception as error:  # its graph builder raises many kinds
         return type(error).__name__
     return len(removable) / sum(convolutions(model).values())
@@ -145,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     report.add_common_arguments(parser, "coverage.md")
     parser.add_argument("--models", nargs="+", default=None)
+    parser.add_argument("--tp-seconds", type=int, default=60, help="time for each Torch-Pruning measurement")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or 1)
     names = args.models or (QUICK_MODELS if args.quick else [*zoo.TIMM_MODELS, *zoo.TIMM_NOTHING_PRUNABLE, *zoo.OTHER_MODELS])
@@ -153,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
         theirs, version = torch_pruning, tp.__version__
     except ImportError:
-        theirs, version = (lambda name: ("not installed", "-")), "not installed"
+        theirs, version = (lambda name, seconds: ("not installed", "-")), "not installed"
     rows = [
         "| model | ours | Torch-Pruning | its pruner | main frozen reasons of ours (share of the channels) |",
         "| --- | ---: | ---: | --- | --- |",
@@ -161,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     numbers = {}
     for name in names:
         share, reasons = ours(name)
-        other, step = theirs(name)
+        other, step = theirs(name, args.tp_seconds)
         numbers[name] = {"ours": share, "torch_pruning": other, "torch_pruning_step": step, "reasons": reasons}
         shown = "; ".join(f"{reason} ({part:.0%})" for reason, part in reasons) or "-"
         other_text = f"{other:.1%}" if isinstance(other, float) else other

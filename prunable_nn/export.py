@@ -18,11 +18,12 @@ def to_torch(model: nn.Module) -> nn.Module:
     What the copy holds, and why:
 
     * every :class:`PrunableLayer` at any depth, ``model`` itself included, becomes the
-      ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` that ``PrunableLayer.to_torch()``
-      makes: the current (pruned) sizes, a copy of the weights, bias and running statistics,
-      each parameter's ``requires_grad`` and the layer's training flag. Its Taylor estimates,
-      ``.grad`` and hooks stay behind: they serve pruning, not inference, and the plain layer
-      runs, scripts and exports with torch alone;
+      module of its plain class (``nn.Conv2d``, ``nn.GroupNorm``, timm's ``BatchNormAct2d``)
+      that ``PrunableLayer.to_torch()`` makes: the current (pruned) sizes, a copy of the
+      weights, bias, running statistics and submodules, each parameter's ``requires_grad``
+      and the layer's training flag. Its Taylor estimates, ``.grad`` and hooks stay behind:
+      they serve pruning, not inference, and the plain layer runs, scripts and exports
+      without prunable_nn;
     * everything else is copied by ``copy.deepcopy``, so training flags, ``requires_grad``
       and the model's own classes (a ``DigitsNet`` stays a ``DigitsNet``) are kept;
     * sharing is kept: a layer registered under several names becomes one plain layer, and a

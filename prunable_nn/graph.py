@@ -1,22 +1,26 @@
 """Which channels of a model go together: labels carried through its ``torch.fx`` graph.
 
-Every channel that a layer creates gets a label: each output channel of a ``PConv2d`` or
-``PLinear``, and each channel of the model's inputs and of values that come out of operations
+Every channel that a layer creates gets a label: each output channel of a convolution or
+``Linear``, and each channel of the model's inputs and of values that come out of operations
 that are not understood. Walking the graph in order, every value with channels carries the
-labels of its channel dimension, and each operation says what it does to them:
+labels of its channel dimension, and each operation says what it does to them
+(:mod:`prunable_nn.ops`; each layer's kind, :mod:`prunable_nn.kinds`, says what it does):
 
-- channel-wise operations (activations, pooling, dropout, reductions over other dims, slices
-  of other dims, flatten into channel-major blocks, permutes) carry the labels along;
-- per-channel layers (``PBatchNorm2d``, depthwise ``PConv2d``) own the labels they read;
+- channel-wise operations (activations, pooling, padding, dropout, reductions over other
+  dims, slices of other dims, flatten into channel-major blocks, permutes) carry the labels;
+- per-channel layers (batch and instance norms, depthwise convolutions) own the labels they
+  read; a group norm ties the channels of each group;
 - element-wise operations of several values (residual additions, gating products) tie the
   labels at equal positions together: those channels can only be removed together;
-- concatenation along the channel dimension concatenates the label lists;
+- concatenation along the channel dimension concatenates the label lists, and ``chunk(n)``
+  cuts them into ``n`` parts, tying position ``p`` of every part so that they stay equal;
 - a grouped convolution ties the channels at the same position of every group;
-- ``PConv2d`` and ``PLinear`` read labels as their input channels (features).
+- convolutions and ``Linear`` layers read labels as their input channels (features).
 
 Labels that reach the model's output, feed an operation not understood (channel shuffles,
-splits, normalisation across channels, modules that could not be traced), or are combined
-with a fixed per-channel tensor are frozen, with the reason. Removing a set of tied labels
+splits and slices whose sizes are written out, normalisation across channels, layers kept as
+they are, modules that could not be traced), or are combined with a fixed per-channel tensor
+are frozen, with the reason. Removing a set of tied labels
 from every layer that owns or reads them computes what the unpruned model computes with
 those channels zeroed at the readers' inputs (DESIGN.md, rule 1).
 

@@ -88,7 +88,7 @@ class TaylorEstimates:
 
     def _record(self, output: torch.Tensor) -> None:
         """Arrange for the estimate to be updated when the gradient of ``output`` arrives."""
-        if not (self.estimating and self.training and output.requires_grad):
+        if not (self.estimating and self.training and isinstance(output, torch.Tensor) and output.requires_grad):
             return
         pending = [output.detach()]
 

@@ -21,7 +21,7 @@ from nets import (
     one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
 )
-from prunable_nn import PConv2d, PLinear, PrunableLayer, TaylorPruner
+from prunable_nn import PLinear, PrunableLayer, TaylorPruner
 from prunable_nn.kinds import NORM, register_layer
 
 #: ``PRUNABLE_NN_GRAPH_EXAMPLES=2000`` for a longer search.
