@@ -6,6 +6,7 @@ inputs)."""
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable
 
 import pytest
@@ -266,6 +267,19 @@ def training_loss(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) 
     outputs = model(inputs)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     return sum(F.cross_entropy(output, labels) for output in outputs if output is not None)
+
+
+def prune_rounds_and_check_masking(model: nn.Module, pruner: TaylorPruner, inputs: torch.Tensor, loss=None) -> None:
+    """Three prunes of 4% of the prunable units each, every one checked against masking
+    (:func:`prune_and_check_masking`); at least 10% of the units go, and the count follows."""
+    total = pruner.num_prunables
+    assert total > 0, pruner.report()
+    removed = 0
+    for _ in range(3):
+        removals = prune_and_check_masking(model, pruner, inputs, math.ceil(0.04 * total), loss=loss)
+        removed += sum(len(removal.indices) for removal in removals)
+    assert removed >= 0.1 * total
+    assert pruner.num_prunables == total - removed
 
 
 def prune_and_check_masking(

@@ -6,7 +6,6 @@ shape; and the pruned model exports to plain torch."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from nets import (
     logits,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
+    prune_rounds_and_check_masking,
 )
 from zoo import OTHER_MODELS, mean_square, other_model, tensors_of
 
@@ -63,17 +63,8 @@ def test_torchvision_classifier_prunes_as_masking_says(name):
     model, inputs = build(name)
     pruner = TaylorPruner(model, inputs)
     assert not any(type(module) in (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear) for module in model.modules())
-    total = pruner.num_prunables
-    assert total > 0, pruner.report()
     flops = count_flops(model, inputs[:1])
-
-    removed = 0
-    for _ in range(3):
-        removals = prune_and_check_masking(model, pruner, inputs, max_to_prune=math.ceil(0.04 * total))
-        removed += sum(len(removal.indices) for removal in removals)
-
-    assert removed >= 0.1 * total
-    assert pruner.num_prunables == total - removed
+    prune_rounds_and_check_masking(model, pruner, inputs)
     assert_shapes_follow_sizes(model)
     with torch.no_grad():
         assert logits(model.eval()(inputs)).shape == (2, 10)
@@ -121,14 +112,8 @@ def test_dense_detection_video_and_yolo_models_prune_as_masking_says(name):
         pytest.importorskip("ultralytics")
     model, inputs = other_model(name)
     pruner = TaylorPruner(model, inputs)
-    total = pruner.num_prunables
-    assert total > 0, pruner.report()
     with torch.no_grad():
         shapes = [tensor.shape for tensor in tensors_of(model.eval()(inputs))]
-    removed = 0
-    for _ in range(3):
-        removals = prune_and_check_masking(model, pruner, inputs, math.ceil(0.04 * total), loss=mean_square)
-        removed += sum(len(removal.indices) for removal in removals)
-    assert removed >= 0.1 * total
+    prune_rounds_and_check_masking(model, pruner, inputs, loss=mean_square)
     with torch.no_grad():
         assert [tensor.shape for tensor in tensors_of(model.eval()(inputs))] == shapes

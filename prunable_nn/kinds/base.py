@@ -72,10 +72,11 @@ class LayerKind:
 
     # -- channels ------------------------------------------------------------------------------
     def out_channels(self, module: nn.Module) -> int:
-        raise NotImplementedError
+        return getattr(module, self.out_size)
 
     def in_channels(self, module: nn.Module) -> int:
-        raise NotImplementedError
+        """Input channels; those of a per-channel layer are its output channels."""
+        return self.out_channels(module)
 
     def input_units(self, module: nn.Module, features_per_channel: int, owner: str) -> int:
         """Input channels when each owns ``features_per_channel`` consecutive inputs (a

@@ -58,9 +58,6 @@ class ConvKind(LayerKind):
     #: Whether the weight is ``[in, out / groups, ...]`` (a transposed convolution).
     transposed: ClassVar[bool] = False
 
-    def out_channels(self, module: nn.Module) -> int:
-        return module.out_channels
-
     def in_channels(self, module: nn.Module) -> int:
         return module.in_channels
 

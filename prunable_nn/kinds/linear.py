@@ -24,9 +24,6 @@ class LinearKind(LayerKind):
     sizes: ClassVar[tuple[str, ...]] = ("in_features", "out_features")
     out_size: ClassVar[str] = "out_features"
 
-    def out_channels(self, module: nn.Module) -> int:
-        return module.out_features
-
     def in_channels(self, module: nn.Module) -> int:
         return module.in_features
 

@@ -35,12 +35,6 @@ class NormKind(LayerKind):
     fixed: ClassVar[tuple[str, ...]] = ("eps",)
     out_size: ClassVar[str] = "num_features"
 
-    def out_channels(self, module: nn.Module) -> int:
-        return module.num_features
-
-    def in_channels(self, module: nn.Module) -> int:
-        return module.num_features
-
     def input_dim(self, module: nn.Module, ndim: int) -> int:
         for cls, dims in _INSTANCE_DIMS.items():
             if isinstance(module, cls):
@@ -81,12 +75,6 @@ class GroupNormKind(LayerKind):
     sizes: ClassVar[tuple[str, ...]] = ("num_groups", "num_channels")
     fixed: ClassVar[tuple[str, ...]] = ("eps",)
     out_size: ClassVar[str] = "num_channels"
-
-    def out_channels(self, module: nn.Module) -> int:
-        return module.num_channels
-
-    def in_channels(self, module: nn.Module) -> int:
-        return module.num_channels
 
     def owns_channels(self, module: nn.Module) -> bool:
         return True

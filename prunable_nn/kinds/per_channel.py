@@ -48,9 +48,6 @@ class PerChannel(LayerKind):
     def out_channels(self, module: nn.Module) -> int:
         return getattr(module, self.tensors[0]).shape[0]
 
-    def in_channels(self, module: nn.Module) -> int:
-        return self.out_channels(module)
-
     def input_dim(self, module: nn.Module, ndim: int) -> int:
         return self.dim if self.dim >= 0 else ndim + self.dim
 
