@@ -165,7 +165,8 @@ def torch_pruning_share(name: str) -> float | str:
             for dependency, indices in group:
                 module = dependency.target.module
                 if isinstance(module, nn.modules.conv._ConvNd) and "out_channels" in dependency.handler.__name__:
-                    removable.update((id(module), index) for index in indices)
+                    # (behind a split its indices can run past the convolution's own channels)
+                    removable.update((id(module), index) for index in indices if index < module.out_channels)
     except TimeoutError:
         raise
     except Exception as error:  # its graph builder raises many kinds
