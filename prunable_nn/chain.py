@@ -178,6 +178,8 @@ class ChannelMap:
         for unit in (~estimated).nonzero().flatten().tolist():
             frozen.setdefault(unit, "they are not read by any layer")
         self.frozen = frozen
+        self._frozen_mask = torch.zeros(self.num_units, dtype=torch.bool)
+        self._frozen_mask[list(frozen)] = True
         self.alive = torch.ones(self.num_units, dtype=torch.bool)
         self.chains, self.frozen_chains = self._make_chains(flow, unit_of)
         self.chain_of_unit = torch.full((self.num_units,), -1, dtype=torch.long)
@@ -244,9 +246,7 @@ class ChannelMap:
     @property
     def prunable(self) -> torch.Tensor:
         """Whether each unit is still there and may be removed."""
-        prunable = self.alive.clone()
-        prunable[list(self.frozen)] = False
-        return prunable
+        return self.alive & ~self._frozen_mask
 
     def removable(self, blocks: Iterable[Sequence[int]], limit: int | None = None) -> list[Sequence[int]]:
         """The ``blocks`` that can go, taken whole and in order while every member keeps a

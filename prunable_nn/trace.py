@@ -19,6 +19,7 @@ for a tensor, a tuple or dict of them for a container, ``None`` otherwise.
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -28,8 +29,21 @@ from torch import fx, nn
 from .flops import ExampleInputs, as_tuple, evaluating
 from .kinds import kind_of
 from .layers import PrunableLayer
-from .ops import CHUNKING, CONCATENATING_FUNCTIONS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES, SPLITTING
+from .ops import (
+    CHUNKING,
+    COMBINING_FUNCTIONS,
+    COMBINING_METHODS,
+    CONCATENATING_FUNCTIONS,
+    ELEMENTWISE_FUNCTIONS,
+    ELEMENTWISE_METHODS,
+    ELEMENTWISE_MODULES,
+    REDUCING_METHODS,
+    SPLITTING,
+)
 
+#: Element-wise ops of two values whose result the broadcasting rule gives (torch's meta
+#: kernels for them, and for reductions, also run slow Python decompositions).
+OUT_OF_PLACE_COMBINING_FUNCTIONS = COMBINING_FUNCTIONS - {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 #: Modules and methods whose output has their input's shape, dtype and device: on meta
 #: tensors, an empty tensor like the input stands for their output (torch's meta kernels for
 #: element-wise ops run slow Python decompositions; a layer's kind gives its own shortcut).
@@ -170,6 +184,10 @@ class ShapeInterpreter(fx.Interpreter):
     def call_function(self, target: object, args: tuple, kwargs: dict) -> object:
         if self.on_meta and target in ELEMENTWISE_FUNCTIONS:
             return torch.empty_like(args[0])
+        if self.on_meta and target in OUT_OF_PLACE_COMBINING_FUNCTIONS and not kwargs:
+            shortcut = _combined(*args)
+            if shortcut is not None:
+                return shortcut
         if self.on_meta and target in CONCATENATING_FUNCTIONS:  # also slow on meta tensors
             tensors, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
             shape = list(tensors[0].shape)
@@ -180,6 +198,13 @@ class ShapeInterpreter(fx.Interpreter):
     def call_method(self, target: str, args: tuple, kwargs: dict) -> object:
         if self.on_meta and target in SHAPE_KEEPING_METHODS:
             return torch.empty_like(args[0])
+        shortcut = None
+        if self.on_meta and target in COMBINING_METHODS and not target.endswith("_") and not kwargs:
+            shortcut = _combined(*args)
+        if self.on_meta and target in REDUCING_METHODS and len(args) == 2 and set(kwargs) <= {"keepdim"}:
+            shortcut = _reduced(args[0], args[1], kwargs.get("keepdim", False))
+        if shortcut is not None:
+            return shortcut
         return super().call_method(target, args, kwargs)
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> object:
@@ -189,6 +214,27 @@ class ShapeInterpreter(fx.Interpreter):
         if self.on_meta and isinstance(value, torch.Tensor):
             return torch.empty_like(value, device="meta")
         return value
+
+
+def _combined(*operands: object) -> torch.Tensor | None:
+    """The result of an out-of-place element-wise op of two ``operands`` (meta tensors and
+    numbers) by the broadcasting rule, or ``None`` for anything else."""
+    tensors = [operand for operand in operands if isinstance(operand, torch.Tensor)]
+    if len(operands) != 2 or not tensors or not all(isinstance(operand, (torch.Tensor, int, float)) for operand in operands):
+        return None
+    shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
+    return tensors[0].new_empty(shape, dtype=torch.result_type(*operands))
+
+
+def _reduced(value: object, dims: object, keepdim: bool) -> torch.Tensor | None:
+    """``value.mean(dims, keepdim)`` (or sum, amax, amin) of a meta tensor by its shape, or
+    ``None`` when the dims are not ints."""
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(value, torch.Tensor) or not isinstance(dims, (list, tuple)) or not all(isinstance(dim, int) for dim in dims):
+        return None
+    reduced = {dim % value.dim() for dim in dims}
+    shape = [1 if dim in reduced else size for dim, size in enumerate(value.shape) if keepdim or dim not in reduced]
+    return value.new_empty(shape)
 
 
 def _shapes(value: object) -> object:

@@ -20,7 +20,7 @@ from nets import (
     prune_and_check_masking,
     prune_rounds_and_check_masking,
 )
-from zoo import OTHER_MODELS, mean_square, other_model, tensors_of
+from zoo import OTHER_MODELS, mean_square, other_model, tensors_of, timm_model
 
 slow = pytest.mark.slow
 
@@ -86,11 +86,18 @@ def test_a_pruned_converted_resnet_exports_to_plain_torch(tmp_path):
         torch.testing.assert_close(loaded(inputs), expected)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_b0", "inception_v3"])
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_b0", "inception_v3", "timm/efficientnet_b0", "yolov8n"])
 def test_shapes_on_meta_tensors_are_the_real_ones(name):
-    """The meta pass (with its shortcuts for batch norm, element-wise ops, concatenation and
-    the prunable layers) gives every node the shape a real forward pass gives it."""
-    model, inputs = build(name)
+    """The meta pass (with its shortcuts for batch norm, element-wise ops, broadcasting
+    products and sums, reductions, concatenation and the prunable layers) gives every node
+    the shape a real forward pass gives it."""
+    if name == "yolov8n":
+        pytest.importorskip("ultralytics")
+        model, inputs = other_model(name)
+    elif name.startswith("timm/"):
+        model, inputs = timm_model(name.removeprefix("timm/"))
+    else:
+        model, inputs = build(name)
     convert(model)
     graph = PrunableTracer().trace(model.train())
     with torch.no_grad():

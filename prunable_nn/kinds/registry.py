@@ -51,6 +51,8 @@ class Registration:
 _BY_CLASS: dict[type[nn.Module], Registration] = {}
 _BY_NAME: dict[str, Registration] = {}
 _TWINS: dict[type[nn.Module], type[nn.Module]] = {}
+#: :func:`_registered_base` of every class asked about since the last registration.
+_BASES: dict[type, tuple[type, Registration] | None] = {}
 
 
 def register_layer(layer_class: type[nn.Module] | str, kind: LayerKind, *, twin: type[nn.Module] | None = None) -> None:
@@ -64,6 +66,7 @@ def register_layer(layer_class: type[nn.Module] | str, kind: LayerKind, *, twin:
     if not isinstance(kind, LayerKind):
         raise TypeError(f"register_layer needs a LayerKind for {layer_class!r}, got {kind!r}")
     registration = Registration(kind, twin)
+    _BASES.clear()
     if isinstance(layer_class, str):
         _BY_NAME[layer_class] = registration
     elif isinstance(layer_class, type) and issubclass(layer_class, nn.Module):
@@ -82,11 +85,15 @@ def _registration(cls: type) -> Registration | None:
 
 def _registered_base(cls: type) -> tuple[type, Registration] | None:
     """The nearest class of ``cls.__mro__`` that is registered, with its registration."""
-    for base in cls.__mro__:
-        registration = _registration(base)
-        if registration is not None:
-            return base, registration
-    return None
+    if cls not in _BASES:
+        found = None
+        for base in cls.__mro__:
+            registration = _registration(base)
+            if registration is not None:
+                found = base, registration
+                break
+        _BASES[cls] = found
+    return _BASES[cls]
 
 
 def kind_of(module: nn.Module) -> LayerKind | None:
