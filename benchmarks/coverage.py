@@ -30,6 +30,7 @@ Usage: ``python benchmarks/coverage.py [--models NAME ...] [--quick] [--out tabl
 from __future__ import annotations
 
 import argparse
+from importlib import metadata
 import re
 import signal
 import sys
@@ -183,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads or 1)
     names = args.models or (QUICK_MODELS if args.quick else [*zoo.TIMM_MODELS, *zoo.TIMM_NOTHING_PRUNABLE, *zoo.OTHER_MODELS])
     try:
-        import torch_pruning as tp
+        import torch_pruning  # noqa: F401
 
-        theirs, version = torch_pruning, tp.__version__
+        theirs, version = torch_pruning, metadata.version("torch-pruning")
     except ImportError:
         theirs, version = (lambda name, seconds: ("not installed", "-")), "not installed"
     rows = [
