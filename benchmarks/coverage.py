@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 from importlib import metadata
+from importlib.util import find_spec
 import re
 import signal
 import sys
@@ -183,11 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or 1)
     names = args.models or (QUICK_MODELS if args.quick else [*zoo.TIMM_MODELS, *zoo.TIMM_NOTHING_PRUNABLE, *zoo.OTHER_MODELS])
-    try:
-        import torch_pruning  # noqa: F401
-
+    if find_spec("torch_pruning") is not None:
         theirs, version = torch_pruning, metadata.version("torch-pruning")
-    except ImportError:
+    else:
         theirs, version = (lambda name, seconds: ("not installed", "-")), "not installed"
     rows = [
         "| model | ours | Torch-Pruning | its pruner | main frozen reasons of ours (share of the channels) |",
