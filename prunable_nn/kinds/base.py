@@ -136,7 +136,8 @@ class LayerKind:
     def keep_inputs(
         self, module: nn.Module, keep: torch.Tensor, optimizer: Optimizer, features_per_channel: int = 1
     ) -> None:
-        raise NotImplementedError
+        """Keep the input channels ``keep``; those of a per-channel layer are its outputs."""
+        self.keep_outputs(module, keep, optimizer)
 
     def output_weights(self, module: nn.Module) -> torch.Tensor | None:
         """The weights that make each output channel, as rows ``(C, -1)`` (for

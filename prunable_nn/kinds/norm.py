@@ -53,11 +53,6 @@ class NormKind(LayerKind):
         module.num_features = len(keep)
         self._keep_output_tensors(module, keep, optimizer)
 
-    def keep_inputs(
-        self, module: nn.Module, keep: torch.Tensor, optimizer: Optimizer, features_per_channel: int = 1
-    ) -> None:
-        self.keep_outputs(module, keep, optimizer)
-
     def tensor_shapes(self, record: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         features = (record["num_features"],)
         return {**dict.fromkeys(_STATISTICS, features), "num_batches_tracked": ()}
@@ -115,11 +110,6 @@ class GroupNormKind(LayerKind):
         module.num_channels = len(keep)
         module.num_groups = len(keep) // size
         self._keep_output_tensors(module, keep, optimizer)
-
-    def keep_inputs(
-        self, module: nn.Module, keep: torch.Tensor, optimizer: Optimizer, features_per_channel: int = 1
-    ) -> None:
-        self.keep_outputs(module, keep, optimizer)
 
     def tensor_shapes(self, record: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
         return dict.fromkeys(("weight", "bias"), (record["num_channels"],))

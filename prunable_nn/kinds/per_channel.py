@@ -67,11 +67,6 @@ class PerChannel(LayerKind):
             setattr(module, self.size, len(keep))
         self._keep_output_tensors(module, keep, optimizer)
 
-    def keep_inputs(
-        self, module: nn.Module, keep: torch.Tensor, optimizer: Optimizer, features_per_channel: int = 1
-    ) -> None:
-        self.keep_outputs(module, keep, optimizer)
-
     def read_sizes(self, module: nn.Module) -> dict[str, int]:
         return {"channels": self.out_channels(module)}
 
