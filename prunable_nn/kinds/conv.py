@@ -205,9 +205,16 @@ class ConvKind(LayerKind):
         return None
 
     def meta_forward(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor | None:
-        if getattr(module, "torch_class", None) not in _PLAIN_CONVS:  # a variant's forward may differ
-            return None
-        return module._conv_forward(value, torch.empty_like(module.weight, device="meta"), None)
+        if getattr(module, "torch_class", None) not in _PLAIN_CONVS or isinstance(module.padding, str):
+            return None  # a variant's forward may differ
+        dims = len(module.kernel_size)
+        spatial = [
+            (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+            for size, pad, dilation, kernel, stride in zip(
+                value.shape[-dims:], module.padding, module.dilation, module.kernel_size, module.stride
+            )
+        ]
+        return value.new_empty((*value.shape[: -dims - 1], module.out_channels, *spatial))
 
 
 class ConvTransposeKind(ConvKind):
