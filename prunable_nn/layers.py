@@ -177,11 +177,6 @@ class _Convolution(PrunableLayer):
     def is_depthwise(self) -> bool:
         return is_depthwise(self)
 
-    @property
-    def is_grouped(self) -> bool:
-        """``groups > 1`` and not depthwise: drops must treat every group alike."""
-        return self.groups > 1 and not self.is_depthwise
-
 
 class PConv1d(_Convolution, nn.Conv1d):
     """``nn.Conv1d`` whose output and input channels can be removed (:mod:`prunable_nn.kinds.conv`)."""

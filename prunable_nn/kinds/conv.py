@@ -208,6 +208,8 @@ class ConvKind(LayerKind):
         if getattr(module, "torch_class", None) not in _PLAIN_CONVS or isinstance(module.padding, str):
             return None  # a variant's forward may differ
         dims = len(module.kernel_size)
+        if value.dim() not in (dims + 1, dims + 2) or value.shape[-dims - 1] != module.in_channels:
+            return None  # the convolution itself says what is wrong
         spatial = [
             (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
             for size, pad, dilation, kernel, stride in zip(
