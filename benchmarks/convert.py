@@ -265,7 +265,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=None,
                         help="torchvision.models names, timm/NAME, or models of benchmarks/zoo.py")
     parser.add_argument("--size", type=int, default=None, help="height and width of the input (default 224)")
-    parser.add_argument("--pairs", type=int, default=None, help="timed convert pairs per model (default 5)")
+    parser.add_argument("--pairs", type=int, default=None, help="timed convert pairs per model (default 11)")
     parser.add_argument("--steps", type=int, default=None, help="timed prune steps per model (default 10)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed pairs and steps first (default 1)")
     parser.add_argument("--train-batch", type=int, default=2,
@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     quick = args.quick
     args.models = args.models or (["resnet18"] if quick else DEFAULT_MODELS)
     args.size = args.size or (32 if quick else 224)
-    args.pairs = args.pairs or (2 if quick else 5)
+    args.pairs = args.pairs or (2 if quick else 11)
     args.steps = args.steps or (2 if quick else 10)
     if args.warmup is None:
         args.warmup = 0 if quick else 1

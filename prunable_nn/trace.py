@@ -3,17 +3,18 @@
 The model is traced in training mode, the mode in which it gathers estimates and is
 fine-tuned, so branches that run only in training (auxiliary classifiers) are in the graph.
 Prunable layers and every other layer of a known kind (:mod:`prunable_nn.kinds`: a subclass
-of a convolution kept whole, a layer norm) stay whole (leaves). A submodule that ``torch.fx`` cannot trace (data-dependent
-control flow, unsupported Python) becomes a leaf too: the trace is retried with the innermost
-module that failed kept whole, and the reason is recorded. Only when the model's own
-``forward`` cannot be traced does :func:`trace` give up.
+of a convolution kept whole, a layer norm) stay whole (leaves). A submodule that
+``torch.fx`` cannot trace (data-dependent control flow, unsupported Python) becomes a leaf
+too: the trace is retried with the innermost module that failed kept whole, and the reason
+is recorded. Only when the model's own ``forward`` cannot be traced does :func:`trace` give up.
 
-Shapes come from one pass of ``torch.fx``'s interpreter over the graph in eval mode under
-``torch.no_grad()`` (batch norm statistics and estimates are left alone; every module's
-training flag is restored). It runs on ``meta`` tensors, which have shapes but no data, so
-it costs no arithmetic; a module whose code needs data (a value in an ``if``) makes it run
-again on the real ``example_inputs``. Each node gets ``meta["shape"]``: a ``torch.Size``
-for a tensor, a tuple or dict of them for a container, ``None`` otherwise.
+Shapes come from one pass of ``torch.fx``'s interpreter over the graph under
+``torch.no_grad()``, still in training mode, so that a leaf behaves as it did when traced.
+It runs on ``meta`` tensors, which have shapes but no data, so it costs no arithmetic and
+changes no statistic. A module whose code needs data (a value in an ``if``) makes it run
+again on the real ``example_inputs``, in eval mode so that batch norm statistics are left
+alone. Every module's training flag is restored. Each node gets ``meta["shape"]``: a
+``torch.Size`` for a tensor, a tuple or dict of them for a container, ``None`` otherwise.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from .flops import ExampleInputs, as_tuple, evaluating
+from .flops import ExampleInputs, as_tuple
 from .kinds import kind_of
+from .kinds.base import meta_empty
 from .layers import PrunableLayer
 from .ops import (
     CHUNKING,
@@ -116,11 +118,12 @@ def trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[fx.Graph, li
     """The graph of ``model``, its nodes' ``meta["shape"]`` filled in, and the submodules
     kept whole because they could not be traced."""
     opaque: list[OpaqueModule] = []
+    inputs = as_tuple(example_inputs)
     modes = {module: module.training for module in model.modules()}
-    model.train()
     try:
+        model.train()
         while True:
-            tracer = PrunableTracer({module.name for module in opaque}, len(as_tuple(example_inputs)))
+            tracer = PrunableTracer({module.name for module in opaque}, len(inputs))
             try:
                 graph = tracer.trace(model)
                 break
@@ -132,21 +135,22 @@ def trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[fx.Graph, li
                         f"{type(error).__name__}: {error}"
                     ) from error
                 opaque.append(OpaqueModule(failing, f"{type(error).__name__}: {error}"))
+        with torch.no_grad():
+            try:
+                ShapeInterpreter(model, graph, on_meta=True).run(*inputs)
+            except Exception:  # code that needs data: run on the real inputs
+                model.eval()  # batch norm statistics stay as they are
+                try:
+                    ShapeInterpreter(model, graph, on_meta=False).run(*inputs)
+                except Exception as error:
+                    raise RuntimeError(
+                        f"running {type(model).__name__} on example_inputs failed: "
+                        f"{type(error).__name__}: {error}"
+                    ) from error
     finally:
         for module, training in modes.items():
-            module.training = training
-    inputs = as_tuple(example_inputs)
-    with evaluating(model), torch.no_grad():
-        try:
-            ShapeInterpreter(model, graph, on_meta=True).run(*inputs)
-        except Exception:  # code that needs data: run on the real inputs
-            try:
-                ShapeInterpreter(model, graph, on_meta=False).run(*inputs)
-            except Exception as error:
-                raise RuntimeError(
-                    f"running {type(model).__name__} on example_inputs failed: "
-                    f"{type(error).__name__}: {error}"
-                ) from error
+            if module.training != training:
+                module.training = training
     return graph, opaque
 
 
@@ -163,7 +167,10 @@ class ShapeInterpreter(fx.Interpreter):
         return super().run(*(self._meta(arg) for arg in args))
 
     def run_node(self, node: fx.Node) -> object:
-        result = super().run_node(node)
+        """``Interpreter.run_node`` without the context managers that only tag logs and
+        tracebacks with the node (a third of the pass's time on a large graph)."""
+        args, kwargs = self.fetch_args_kwargs_from_env(node)
+        result = getattr(self, node.op)(node.target, args, kwargs)
         node.meta["shape"] = _shapes(result)
         return result
 
@@ -172,7 +179,7 @@ class ShapeInterpreter(fx.Interpreter):
         if not self.on_meta:
             return module(*args, **kwargs)
         if isinstance(module, SHAPE_KEEPING_MODULES):
-            return torch.empty_like(args[0])
+            return meta_empty(args[0])
         if isinstance(module, PrunableLayer) and len(args) == 1 and not kwargs:
             shortcut = module.kind.meta_forward(module, args[0])
             if shortcut is not None:
@@ -183,7 +190,7 @@ class ShapeInterpreter(fx.Interpreter):
 
     def call_function(self, target: object, args: tuple, kwargs: dict) -> object:
         if self.on_meta and target in ELEMENTWISE_FUNCTIONS:
-            return torch.empty_like(args[0])
+            return meta_empty(args[0])
         if self.on_meta and target in OUT_OF_PLACE_COMBINING_FUNCTIONS and not kwargs:
             shortcut = _combined(*args)
             if shortcut is not None:
@@ -192,12 +199,12 @@ class ShapeInterpreter(fx.Interpreter):
             tensors, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
             shape = list(tensors[0].shape)
             shape[dim] = sum(tensor.shape[dim] for tensor in tensors)
-            return tensors[0].new_empty(shape)
+            return meta_empty(tensors[0], shape)
         return super().call_function(target, args, kwargs)
 
     def call_method(self, target: str, args: tuple, kwargs: dict) -> object:
         if self.on_meta and target in SHAPE_KEEPING_METHODS:
-            return torch.empty_like(args[0])
+            return meta_empty(args[0])
         shortcut = None
         if self.on_meta and target in COMBINING_METHODS and not target.endswith("_") and not kwargs:
             shortcut = _combined(*args)
@@ -223,7 +230,7 @@ def _combined(*operands: object) -> torch.Tensor | None:
     if len(operands) != 2 or not tensors or not all(isinstance(operand, (torch.Tensor, int, float)) for operand in operands):
         return None
     shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
-    return tensors[0].new_empty(shape, dtype=torch.result_type(*operands))
+    return torch.empty(shape, dtype=torch.result_type(*operands), device="meta")
 
 
 def _reduced(value: object, dims: object, keepdim: bool) -> torch.Tensor | None:
@@ -234,7 +241,7 @@ def _reduced(value: object, dims: object, keepdim: bool) -> torch.Tensor | None:
         return None
     reduced = {dim % value.dim() for dim in dims}
     shape = [1 if dim in reduced else size for dim, size in enumerate(value.shape) if keepdim or dim not in reduced]
-    return value.new_empty(shape)
+    return meta_empty(value, shape)
 
 
 def _shapes(value: object) -> object:

@@ -14,7 +14,6 @@ import torch
 import torch.distributed as dist
 from distributed_worker import (
     MAX_TO_PRUNE,
-    PER_RANK,
     ROUNDS,
     STEPS,
     LR,

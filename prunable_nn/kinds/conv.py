@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import LayerKind, Optimizer, Ties, group_positions, shrink_tensor
+from .base import LayerKind, Optimizer, Ties, group_positions, meta_empty, shrink_tensor
 
 
 def kept_per_group(keep: torch.Tensor, group_size: int, groups: int) -> list[int]:
@@ -216,7 +216,7 @@ class ConvKind(LayerKind):
                 value.shape[-dims:], module.padding, module.dilation, module.kernel_size, module.stride
             )
         ]
-        return value.new_empty((*value.shape[: -dims - 1], module.out_channels, *spatial))
+        return meta_empty(value, (*value.shape[: -dims - 1], module.out_channels, *spatial))
 
 
 class ConvTransposeKind(ConvKind):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..channels import expand_to_blocks
-from .base import LayerKind, Optimizer, shrink_tensor
+from .base import LayerKind, Optimizer, meta_empty, shrink_tensor
 
 
 class LinearKind(LayerKind):
@@ -66,4 +66,4 @@ class LinearKind(LayerKind):
     def meta_forward(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor | None:
         if getattr(module, "torch_class", None) is not nn.Linear:
             return None
-        return F.linear(value, torch.empty_like(module.weight, device="meta"))
+        return F.linear(value, meta_empty(module.weight))

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import LayerKind, Optimizer, Ties, shrink_tensor
+from .base import LayerKind, Optimizer, Ties, meta_empty, shrink_tensor
 from .conv import kept_per_group
 
 _STATISTICS = ("weight", "bias", "running_mean", "running_var")
@@ -61,7 +61,7 @@ class NormKind(LayerKind):
         return None if type(record["eps"]) is float else f"eps={record['eps']!r} is not a float"
 
     def meta_forward(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor | None:
-        return torch.empty_like(value)  # torch's meta kernel for batch norm runs slow Python
+        return meta_empty(value)  # torch's meta kernel for batch norm runs slow Python
 
 
 class GroupNormKind(LayerKind):
@@ -120,4 +120,4 @@ class GroupNormKind(LayerKind):
         return None if type(record["eps"]) is float else f"eps={record['eps']!r} is not a float"
 
     def meta_forward(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor | None:
-        return torch.empty_like(value)
+        return meta_empty(value)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .base import LayerKind, Optimizer, shrink_tensor
+from .base import LayerKind, Optimizer, meta_empty, shrink_tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ class PerChannel(LayerKind):
         return (*self.tensors, *self.output_tensors)
 
     def meta_forward(self, module: nn.Module, value: torch.Tensor) -> torch.Tensor | None:
-        return torch.empty_like(value)
+        return meta_empty(value)
 
 
 @dataclasses.dataclass(frozen=True)
