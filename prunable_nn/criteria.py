@@ -6,9 +6,9 @@ them into units and subtracts the FLOPs penalty (:mod:`prunable_nn.ranking`). Hi
 more important: the lowest units go first.
 
 *Statistics* are recorded by the estimator layers (those whose outputs the readers see,
-:mod:`prunable_nn.graph`) after every backward pass in training, per example ``n`` and channel
-``k`` over the ``M`` positions ``m`` of the channel's map ``a``, and averaged over the examples
-seen since the last prune (Molchanov et al. 2017, sec. 2.2 and 2.3):
+:mod:`prunable_nn.graph`) from every forward that a gradient reaches (:mod:`prunable_nn.taylor`),
+per example ``n`` and channel ``k`` over the ``M`` positions ``m`` of the channel's map ``a``,
+and averaged over the examples seen since the last prune (Molchanov et al. 2017, sec. 2.2 and 2.3):
 
 - :class:`Taylor` (the default): ``| (1/M) sum_m a[n,k,m] * dL/da[n,k,m] |`` (eq. 8);
 - :class:`ActivationMean`: ``(1/M) sum_m z[n,k,m]`` with ``z = relu(a)``, the map as a
@@ -40,29 +40,23 @@ from torch import nn
 from .chain import INPUT, OUTPUT, Member
 from .flops import evaluating
 from .layers import PrunableLayer
-from .taylor import taylor_criterion
+from .taylor import TAYLOR, Statistic
 
 if TYPE_CHECKING:
     from .pruner import TaylorPruner
 
 #: Raw importance of the positions of some members: ``(member, values)`` pairs.
 MemberValues = list[tuple[Member, torch.Tensor]]
-#: ``statistic(activation, grad, channel_dim) -> (N, C)`` per example and channel.
-Statistic = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
-
-
 class Criterion:
     """Base class: ``member_values(pruner)`` gives each member's raw values."""
 
     #: How errors and tables call it.
     name: str = ""
-    #: Per-example statistic the estimator layers record, or None for a criterion that
-    #: needs no recording (the pruner then switches the layers' recording off).
+    #: Per-example statistic the estimator layers record (:class:`~prunable_nn.taylor.Statistic`),
+    #: or None for a criterion that needs no recording (the pruner then switches the layers'
+    #: recording off). Under ``torch.distributed`` the all-reduced estimates are divided by
+    #: ``world_size ** p``, ``p`` its ``gradient_power`` (:mod:`prunable_nn.distributed`).
     statistic: Statistic | None = None
-    #: Power ``p`` of the loss gradient in the statistic (1 for Taylor's ``|a * dL/da|``, 0
-    #: for the activation's own statistics); under ``torch.distributed`` the all-reduced
-    #: estimates are divided by ``world_size ** p`` (:mod:`prunable_nn.distributed`).
-    gradient_power: int = 0
 
     def member_values(self, pruner: TaylorPruner) -> MemberValues:
         raise NotImplementedError
@@ -75,15 +69,15 @@ class RecordedStatistic(Criterion):
     """A statistic that the estimator layers record; its values are their estimates."""
 
     def member_values(self, pruner: TaylorPruner) -> MemberValues:
-        return [(member, pruner.estimates_of(member)) for member in pruner.estimator_members]
+        recorded = [(member, member.layer.taylor_estimates) for member in pruner.estimator_members]
+        return [(member, estimates) for member, estimates in recorded if estimates is not None]
 
 
 class Taylor(RecordedStatistic):
     """``|mean_m a * dL/da|`` per example, averaged (eq. 8)."""
 
     name = "Taylor"
-    statistic = staticmethod(taylor_criterion)
-    gradient_power = 1
+    statistic = TAYLOR
 
 
 def _positions(values: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -111,7 +105,7 @@ class ActivationMean(RecordedStatistic):
     """``mean_m relu(a)`` per example, averaged."""
 
     name = "activation mean"
-    statistic = staticmethod(activation_mean)
+    statistic = Statistic(activation_mean, gradient_power=0)
 
 
 class ActivationStd(RecordedStatistic):
@@ -119,14 +113,14 @@ class ActivationStd(RecordedStatistic):
     batch's examples where a map has one position)."""
 
     name = "activation std"
-    statistic = staticmethod(activation_std)
+    statistic = Statistic(activation_std, gradient_power=0)
 
 
 class APoZ(RecordedStatistic):
     """One minus the average percentage of zeros of ``relu(a)``."""
 
     name = "APoZ"
-    statistic = staticmethod(nonzero_fraction)
+    statistic = Statistic(nonzero_fraction, gradient_power=0)
 
 
 class MinWeight(Criterion):

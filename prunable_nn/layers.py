@@ -35,7 +35,10 @@ Indices = Iterable[int] | torch.Tensor
 Layer = TypeVar("Layer", bound="PrunableLayer")
 
 #: What a twin holds for pruning only; its plain copy (:meth:`PrunableLayer.to_torch`) drops it.
-PRUNING_STATE = ("estimating", "statistic", "name_in_model", "_taylor_count")
+PRUNING_STATE = (
+    "estimating", "statistic", "grad_scaler", "name_in_model", "_taylor_sum", "_taylor_count", "_batches_skipped",
+    "_generation",
+)
 #: Hooks that a plain copy does not take over (forward and backward hooks serve the twin).
 _HOOKS = (
     "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
@@ -57,9 +60,7 @@ class PrunableLayer(TaylorEstimates):
         self.name_in_model = ""
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        output = super().forward(*args, **kwargs)
-        self._record(output)
-        return output
+        return self._record(super().forward(*args, **kwargs))
 
     @property
     def channel_dim(self) -> int:
@@ -95,8 +96,6 @@ class PrunableLayer(TaylorEstimates):
         for key in _HOOKS:
             if key in vars(self):
                 plain.__dict__[key] = type(vars(self)[key])()
-        plain._buffers.pop("_taylor_sum", None)
-        plain._non_persistent_buffers_set.discard("_taylor_sum")
         for param in plain._parameters.values():
             if param is not None:
                 param.grad = None

@@ -22,6 +22,7 @@ from .chain import INPUT, Chain, ChannelMap, FrozenChain, Member
 from .convert import swap_in_twins, undo
 from .criteria import Criterion, Taylor
 from .distributed import ProcessGroup, check_agreement, is_distributed, reduced_estimates
+from .estimates import chains_without_estimates
 from .flops import ExampleInputs, flops_per_module
 from .graph import channel_flow
 from .kinds import kind_of, refusal
@@ -67,6 +68,7 @@ class TaylorPruner:
             the whole world). When a group of more than one rank is initialised, ``prune()``
             ranks the estimates all-reduced over it and checks that every rank chose the same
             channels (:mod:`prunable_nn.distributed`); every rank must call it.
+        strict: make ``prune()`` raise when a chain has no estimates, instead of skipping it.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class TaylorPruner:
         criterion: Criterion | None = None,
         round_to: int = 1,
         process_group: ProcessGroup | None = None,
+        strict: bool = False,
     ) -> None:
         if flops_regularization < 0:
             raise ValueError(f"flops_regularization must be >= 0, got {flops_regularization}")
@@ -92,6 +95,9 @@ class TaylorPruner:
         self.flops_regularization = flops_regularization
         self.round_to = round_to
         self.process_group = process_group
+        self.strict = strict
+        #: The chains the last ``prune()`` left alone for want of estimates, with the reason.
+        self.skipped: dict[str, str] = {}
         self.criterion = Taylor() if criterion is None else criterion
         swaps = swap_in_twins(model)
         try:
@@ -164,6 +170,11 @@ class TaylorPruner:
         the same FLOPs whichever layers its channels come from. ``max_to_prune=None`` sets
         no limit on the units then.
 
+        A chain whose estimates are missing (no gradient reached one of its estimators since
+        the last prune: a frozen backbone, a head outside the loss) is left as it is and named
+        in :attr:`skipped` and :meth:`report`; with ``strict``, or when no chain has
+        estimates, it raises instead (:mod:`prunable_nn.estimates`).
+
         With ``optimizer``, its per-parameter state is sliced along with the parameters.
         Resets the estimates. Returns what was removed, one entry per chain touched.
 
@@ -179,9 +190,9 @@ class TaylorPruner:
         reduced = nullcontext()
         if distributed and self.criterion.statistic is not None:
             layers = list(dict.fromkeys(member.layer for member in self._estimators))
-            reduced = reduced_estimates(layers, self.criterion.gradient_power, self.process_group)
+            reduced = reduced_estimates(layers, self.criterion.statistic.gradient_power, self.process_group)
         with reduced:
-            blocks = self._blocks(self._unit_scores())
+            blocks = self._blocks(self._unit_scores(), self._rankable())
         chosen = self.map.removable(blocks, limit=max_to_prune)
         if flops is not None:
             chosen = reaching(chosen, self._unit_costs(), flops)
@@ -210,6 +221,8 @@ class TaylorPruner:
                 f"  {chain.name}: {chain.num_channels} channels; producers {producers}; read by {readers}"
                 + (f"; {frozen} frozen: {next(iter(chain.frozen.values()))}" if frozen else "")
             )
+        for name, reason in self.skipped.items():
+            lines.append(f"  {name}: skipped by the last prune, {reason}")
         for frozen in self.frozen:
             lines.append(f"  {frozen.name}: not prunable, {frozen.reason}")
         for module in self.opaque:
@@ -226,6 +239,12 @@ class TaylorPruner:
         scores = torch.zeros(self.map.num_units, dtype=torch.float64)
         for member, values in self.criterion.member_values(self):
             values = values.detach().double().cpu()
+            if not bool(torch.isfinite(values).all()):
+                bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+                raise RuntimeError(
+                    f"chain '{self._chain_of(member)}': the {self.criterion.name} values of {member.layer.describe()} "
+                    f"are not finite for channels {bad} (values {values[bad].tolist()})"
+                )
             if self.normalize:
                 values = l2_normalise(values)
             scores += self.map.per_unit(member, values)
@@ -233,34 +252,24 @@ class TaylorPruner:
             scores -= self.flops_regularization * relative_costs(self._unit_costs(), self.map.prunable)
         return scores
 
-    def _blocks(self, scores: torch.Tensor) -> list[list[int]]:
-        return lowest_blocks(scores, self.map.prunable, [chain.units for chain in self.chains], self.round_to)
+    def _blocks(self, scores: torch.Tensor, rankable: torch.Tensor | None = None) -> list[list[int]]:
+        prunable = self.map.prunable if rankable is None else self.map.prunable & rankable
+        return lowest_blocks(scores, prunable, [chain.units for chain in self.chains], self.round_to)
 
-    def estimates_of(self, member: Member) -> torch.Tensor:
-        """The estimates recorded by ``member``'s layer; an error names the chain and the
-        layer when there are none yet or they are not finite."""
-        estimates = member.layer.taylor_estimates
-        layer = member.layer.describe()
-        if estimates is None:
-            chain = self._chain_of(member)
-            hint = "train before pruning"
-            if any(other.layer.taylor_estimates is not None for other in self._estimators):
-                hint = (
-                    "other layers have: does the loss depend on its output? (an auxiliary "
-                    "classifier left out of the loss, say)"
-                )
-            raise RuntimeError(
-                f"chain '{chain}' has no {self.criterion.name} estimates yet ({layer} has seen no backward "
-                f"pass in training mode since the last prune or reset): {hint}"
-            )
-        if not bool(torch.isfinite(estimates).all()):
-            bad = (~torch.isfinite(estimates)).nonzero().flatten().tolist()
-            chain = self._chain_of(member)
-            raise RuntimeError(
-                f"chain '{chain}': the {self.criterion.name} estimates of {layer} are not finite for channels "
-                f"{bad} (values {estimates[bad].tolist()}); were the gradients NaN or infinite?"
-            )
-        return estimates
+    def _rankable(self) -> torch.Tensor:
+        """Whether each unit's chain can be ranked now: with a recorded statistic, the chains
+        whose estimators have no estimates are skipped (:mod:`prunable_nn.estimates`) and
+        named in :attr:`skipped`; they make ``prune()`` raise when ``strict`` is set or when
+        no chain is left."""
+        rankable = torch.ones(self.map.num_units, dtype=torch.bool)
+        missing = chains_without_estimates(self._estimators, self.map) if self.criterion.statistic else {}
+        if missing and (self.strict or len(missing) == len(self.chains)):
+            index, reason = next(iter(missing.items()))
+            raise RuntimeError(f"chain '{self.chains[index].name}' has no {self.criterion.name} estimates yet: {reason}")
+        for index in missing:
+            rankable[self.chains[index].units] = False
+        self.skipped = {self.chains[index].name: reason for index, reason in missing.items()}
+        return rankable
 
     def _chain_of(self, member: Member) -> str:
         """The name of the first chain with channels in ``member`` (for error messages)."""

@@ -66,7 +66,7 @@ def step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tenso
 def estimates(pruner: TaylorPruner) -> list[torch.Tensor]:
     """The estimates that prune() ranks: under a process group, those of all ranks."""
     layers = list(dict.fromkeys(member.layer for member in pruner.estimator_members))
-    context = reduced_estimates(layers, pruner.criterion.gradient_power) if dist.is_initialized() else contextlib.nullcontext()
+    context = reduced_estimates(layers, pruner.criterion.statistic.gradient_power) if dist.is_initialized() else contextlib.nullcontext()
     local = [(layer.examples_seen, layer._taylor_sum.clone()) for layer in layers]
     with context:
         ranked = [layer.taylor_estimates.clone() for layer in layers]

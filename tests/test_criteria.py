@@ -55,7 +55,7 @@ def test_recorded_statistics_are_their_formulas_averaged_over_examples(criterion
     model(inputs).square().sum().backward()
     (member,) = pruner.estimator_members
     assert member.layer is model[1] and model[1].statistic is criterion.statistic
-    torch.testing.assert_close(pruner.estimates_of(member), by_hand(criterion, seen["output"], seen["grad"]))
+    torch.testing.assert_close(member.layer.taylor_estimates, by_hand(criterion, seen["output"], seen["grad"]))
 
 
 def test_the_pruner_sets_the_statistic_only_on_its_estimators():
@@ -226,5 +226,5 @@ def test_activation_std_of_a_layer_without_positions_is_the_spread_over_the_batc
     (member,) = pruner.estimator_members
     hidden = model[1](inputs).detach().clamp(min=0).double()
     expected = (hidden - hidden.mean(dim=0)).pow(2).mean(dim=0).sqrt()
-    torch.testing.assert_close(pruner.estimates_of(member), expected)
+    torch.testing.assert_close(member.layer.taylor_estimates, expected)
     assert (expected > 0).any()

@@ -55,7 +55,10 @@ def reference_thetas(net: SmallNet, x: torch.Tensor, target: torch.Tensor) -> di
     w = {name: [p.detach() for p in layer.parameters()] for name, layer in net.layers().items()}
     x = x.detach().requires_grad_()  # the weights are detached: something must need a gradient
     a_conv1 = F.conv2d(x, *w["conv1"], padding=1)
-    a_bn = F.batch_norm(a_conv1, None, None, *w["bn"], training=True, eps=net.bn.eps)
+    if net.bn.training:
+        a_bn = F.batch_norm(a_conv1, None, None, *w["bn"], training=True, eps=net.bn.eps)
+    else:
+        a_bn = F.batch_norm(a_conv1, net.bn.running_mean, net.bn.running_var, *w["bn"], eps=net.bn.eps)
     a_conv2 = F.conv2d(F.relu(a_bn), *w["conv2"], stride=2)
     a_fc = F.linear(a_conv2.flatten(1), *w["fc"])
     activations = [a_conv1, a_bn, a_conv2, a_fc]
@@ -182,13 +185,22 @@ def test_a_pruner_keeps_any_inplace_activation_from_corrupting_the_chain_end_est
 
 
 # -- when nothing is recorded -------------------------------------------------------------------
-def test_nothing_is_recorded_in_eval_mode(net):
-    net.eval()
-    train_backward(net, *batch(4, seed=0))
-    assert net.conv1.weight.grad is not None  # the backward did run
+@pytest.mark.parametrize("eval_modules", [["bn"], ["conv1", "bn", "conv2", "fc"]])
+def test_layers_in_eval_mode_record_what_reaches_them(net, eval_modules):
+    """Fine-tuning with the batch norms in eval mode (their statistics frozen), or a whole
+    model in eval mode that a loss is backward'ed through: the gradients still reach every
+    layer, and the estimates are eq. 8 of that forward."""
+    x, target = batch(4, seed=0)
+    train_backward(net.train(), *batch(8, seed=1))  # running statistics away from their start
     for layer in net.layers().values():
-        assert layer.taylor_estimates is None
-        assert layer.examples_seen == 0
+        layer.reset_estimates()
+    for name in eval_modules:
+        net.layers()[name].eval()
+    expected = reference_thetas(net, x, target)
+    train_backward(net, x, target)
+    for name, layer in net.layers().items():
+        assert layer.examples_seen == 4, name
+        assert_close(layer.taylor_estimates, expected[name].mean(0), msg=name)
 
 
 def test_nothing_is_recorded_when_estimating_is_switched_off(net):

@@ -408,23 +408,39 @@ def test_prune_twice_without_training_raises_and_changes_nothing():
     assert_same_snapshot(before, snapshot(model, pruner))
 
 
-def test_prune_with_one_chain_lacking_estimates_changes_nothing():
+def test_a_chain_lacking_estimates_is_skipped_and_named():
     model, pruner, *_ = trained_surgery_net()
+    last = pruner.chains[-1]
+    last.estimators[0].reset_estimates()
+    sizes = [chain.num_channels for chain in pruner.chains]
+    removals = pruner.prune(3)
+    assert sum(len(removal.indices) for removal in removals) == 3
+    assert last.name not in {removal.chain for removal in removals}
+    assert last.num_channels == sizes[-1]
+    assert list(pruner.skipped) == [last.name]
+    assert "PLinear '7'" in pruner.skipped[last.name] and "no gradient reached" in pruner.skipped[last.name]
+    assert f"  {last.name}: skipped by the last prune, no gradient reached PLinear '7'" in pruner.report()
+
+
+def test_a_chain_lacking_estimates_makes_a_strict_prune_raise_and_change_nothing():
+    model, pruner, *_ = trained_surgery_net()
+    pruner.strict = True
     pruner.chains[-1].estimators[0].reset_estimates()
     before = snapshot(model, pruner)
-    with pytest.raises(RuntimeError, match="chain '7' has no Taylor estimates.*PLinear '7'"):
+    with pytest.raises(RuntimeError, match="chain '7' has no Taylor estimates yet: no gradient reached PLinear '7'"):
         pruner.prune(2)
     assert_same_snapshot(before, snapshot(model, pruner))
 
 
-def test_nan_loss_makes_prune_raise_naming_the_layer():
+def test_a_nan_loss_is_skipped_and_prune_raises_naming_the_layer():
     model = surgery_net()
     inputs, labels = random_batch(model, (2, 6, 6))
     pruner = TaylorPruner(model, inputs)
     (F.cross_entropy(model(inputs), labels) * float("nan")).backward()
-    assert torch.isnan(pruner.chains[0].estimates()).all()
+    assert pruner.chains[0].estimates() is None
+    assert pruner.chains[0].estimators[0].batches_skipped == 1
     before = snapshot(model, pruner)
-    message = r"chain '0'.*PBatchNorm2d '1' are not finite for channels \[0, 1, 2, 3, 4, 5\]"
+    message = r"chain '0' has no Taylor estimates yet: the 1 batch that reached PBatchNorm2d '1' had gradients that are not finite"
     with pytest.raises(RuntimeError, match=message):
         pruner.prune(2)
     assert_same_snapshot(before, snapshot(model, pruner))

@@ -131,7 +131,7 @@ def refusal(module: nn.Module) -> str | None:
                 f"{cls.__name__} subclasses {base.__module__}.{base.__name__} and overrides "
                 f"{', '.join(overridden)}, so what it does to channels is unknown; register_layer teaches it"
             )
-    unknown = sorted({*module._parameters, *module._buffers} - kind.known_tensors(module) - {"_taylor_sum"})
+    unknown = sorted({*module._parameters, *module._buffers} - kind.known_tensors(module))
     if unknown:
         return f"it holds {', '.join(map(repr, unknown))}, which its kind ({type(kind).__name__}) does not slice"
     return None
