@@ -3,6 +3,7 @@
 from .chain import Chain, Consumer
 from .checkpoint import load_pruned, save_pruned
 from .convert import convert
+from .copies import check_in_step
 from .criteria import APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor
 from .data import digits, fashion_mnist, mnist, read_idx
 from .distributed import DistributedPruningError, rewrap
@@ -38,6 +39,7 @@ from .loop import (
 )
 from .module import PrunableModule
 from .pruner import Removal, TaylorPruner
+from .taylor import no_estimates
 from .training import evaluate, train_epoch, train_steps
 
 __all__ = [
@@ -78,6 +80,7 @@ __all__ = [
     "Target",
     "Taylor",
     "TaylorPruner",
+    "check_in_step",
     "convert",
     "count_flops",
     "count_parameters",
@@ -86,6 +89,7 @@ __all__ = [
     "fashion_mnist",
     "load_pruned",
     "mnist",
+    "no_estimates",
     "prune_loop",
     "read_idx",
     "register_layer",

@@ -21,10 +21,13 @@ from dataclasses import dataclass, field
 
 import numpy
 import torch
+from torch import nn
 
 from .channels import as_channel_list, keep_indices
+from .copies import counterparts
 from .graph import ChannelFlow
 from .layers import PrunableLayer
+from .surgery import Optimizers, as_optimizers, check_optimizers
 
 OUTPUT, INPUT = "output", "input"
 
@@ -65,11 +68,20 @@ class Member:
             return self.layer._output_keep(positions)
         return self.layer._input_keep(positions)
 
-    def keep(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
-        if self.role == OUTPUT:
-            self.layer._keep_outputs(keep, optimizer)
-        else:
-            self.layer._keep_inputs(keep, optimizer, 1)
+    def keep(self, keep: torch.Tensor, optimizer: Optimizers, copies: Sequence[nn.Module] = ()) -> None:
+        """Keep positions ``keep`` of the layer, and of its counterpart in each of ``copies``
+        of the model (:mod:`prunable_nn.copies`)."""
+        for layer in (self.layer, *counterparts(copies, self.layer.name_in_model)):
+            if isinstance(layer, PrunableLayer):
+                if self.role == OUTPUT:
+                    layer._keep_outputs(keep, optimizer)
+                else:
+                    layer._keep_inputs(keep, optimizer, 1)
+            elif self.role == OUTPUT:  # a plain layer of a copy made before the pruner
+                self.layer.kind.keep_outputs(layer, keep, None)
+            else:
+                self.layer.kind.keep_inputs(layer, keep, None, 1)
+            optimizer = None  # a copy has no optimizer
         self.units = self.units[keep]
 
 
@@ -144,7 +156,7 @@ class Chain:
         self.map.plan(units)
         return units
 
-    def drop(self, indices: Iterable[int] | torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def drop(self, indices: Iterable[int] | torch.Tensor, optimizer: Optimizers = None) -> None:
         """Remove channels ``indices`` from every layer of the chain, or nothing if any is bad."""
         self.map.remove(self.validate_drop(indices), optimizer)
 
@@ -293,7 +305,7 @@ class ChannelMap:
             for index in touched
         ]
 
-    def remove(self, units: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def remove(self, units: torch.Tensor, optimizer: Optimizers = None) -> None:
         """Remove ``units`` from every member, all validated first."""
         self.apply(self.plan(units), units, optimizer)
 
@@ -301,11 +313,15 @@ class ChannelMap:
         self,
         plan: list[tuple[Member, torch.Tensor]],
         units: torch.Tensor,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: Optimizers = None,
+        copies: Sequence[nn.Module] = (),
     ) -> None:
-        """Carry out ``plan``, made by :meth:`plan` for ``units``."""
+        """Carry out ``plan``, made by :meth:`plan` for ``units``, on the model and on
+        ``copies`` of it; ``optimizer`` (one or several) is checked before anything changes."""
+        optimizer = as_optimizers(optimizer)
+        check_optimizers(optimizer, {param: None for member, _ in plan for param in member.layer.parameters()}, "prune()")
         for member, keep in plan:
-            member.keep(keep, optimizer)
+            member.keep(keep, optimizer, copies)
         self.alive[units] = False
         for chain in self.chains:
             chain._forget(units)

@@ -28,7 +28,7 @@ from torch import nn
 from .channels import keep_indices
 from .kinds import CONV, CONV_TRANSPOSE, GROUP_NORM, LINEAR, NORM, LayerKind, register_layer
 from .kinds.conv import is_depthwise
-from .surgery import check_resizable
+from .surgery import Optimizers, check_optimizers, check_resizable
 from .taylor import TaylorEstimates
 
 Indices = Iterable[int] | torch.Tensor
@@ -114,14 +114,14 @@ class PrunableLayer(TaylorEstimates):
         return self.num_output_channels
 
     # -- removal -----------------------------------------------------------------------------
-    def drop_output(self, indices: Indices, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def drop_output(self, indices: Indices, optimizer: Optimizers = None) -> None:
         """Remove output channels ``indices``; with ``optimizer``, slice its state too."""
         self._keep_outputs(self._output_keep(indices), optimizer)
 
     def drop_input(
         self,
         indices: Indices,
-        optimizer: torch.optim.Optimizer | None = None,
+        optimizer: Optimizers = None,
         features_per_channel: int = 1,
     ) -> None:
         """Remove input channels ``indices``. A layer fed by a flattened ``(C, H, W)`` map
@@ -148,15 +148,17 @@ class PrunableLayer(TaylorEstimates):
         for name, param in self.named_parameters(recurse=False):
             check_resizable(param, owner=f"{self.describe()}.{name}")
 
-    def _keep_outputs(self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    def _keep_outputs(self, keep: torch.Tensor, optimizer: Optimizers) -> None:
         self.kind.check_outputs(self, keep, self.describe())  # the apply half refuses too, before any change
+        check_optimizers(optimizer, self.parameters(), self.describe())
         self.kind.keep_outputs(self, keep, optimizer)
         self._shrink_estimates(keep)
 
     def _keep_inputs(
-        self, keep: torch.Tensor, optimizer: torch.optim.Optimizer | None, features_per_channel: int
+        self, keep: torch.Tensor, optimizer: Optimizers, features_per_channel: int
     ) -> None:
         self.kind.check_inputs(self, keep, self.describe())
+        check_optimizers(optimizer, self.parameters(), self.describe())
         owned = self.kind.owns_channels(self)  # (a depthwise convolution left with one channel no longer is)
         self.kind.keep_inputs(self, keep, optimizer, features_per_channel)
         if owned:

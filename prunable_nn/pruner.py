@@ -11,6 +11,7 @@ changes, so an error leaves the model exactly as it was.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from numbers import Real
@@ -20,6 +21,7 @@ from torch import nn
 
 from .chain import INPUT, Chain, ChannelMap, FrozenChain, Member
 from .convert import swap_in_twins, undo
+from .copies import check_in_step
 from .criteria import Criterion, Taylor
 from .distributed import ProcessGroup, check_agreement, is_distributed, reduced_estimates
 from .estimates import chains_without_estimates
@@ -28,6 +30,7 @@ from .graph import channel_flow
 from .kinds import kind_of, refusal
 from .layers import PrunableLayer
 from .ranking import l2_normalise, lowest_blocks, reaching, relative_costs
+from .surgery import Optimizers
 from .trace import trace
 
 
@@ -159,7 +162,12 @@ class TaylorPruner:
         return [scores[chain.units] for chain in self.chains]
 
     def prune(
-        self, max_to_prune: int | None = 8, optimizer: torch.optim.Optimizer | None = None, *, flops: float | None = None
+        self,
+        max_to_prune: int | None = 8,
+        optimizer: Optimizers = None,
+        *,
+        flops: float | None = None,
+        also: Sequence[nn.Module] = (),
     ) -> list[Removal]:
         """Remove up to ``max_to_prune`` units of channels with the lowest scores in the model
         (in whole blocks, with ``round_to`` > 1: :mod:`prunable_nn.ranking`).
@@ -175,7 +183,10 @@ class TaylorPruner:
         in :attr:`skipped` and :meth:`report`; with ``strict``, or when no chain has
         estimates, it raises instead (:mod:`prunable_nn.estimates`).
 
-        With ``optimizer``, its per-parameter state is sliced along with the parameters.
+        With ``optimizer`` (one, or a sequence of them), their per-parameter state is sliced
+        along with the parameters (:mod:`prunable_nn.surgery`). ``also`` takes copies of the
+        model kept in step with it (an EMA: :mod:`prunable_nn.copies`): the same channels go
+        from them; one out of step raises ``ValueError`` before anything changes.
         Resets the estimates. Returns what was removed, one entry per chain touched.
 
         Under an initialised process group of more than one rank (``process_group``), every
@@ -186,6 +197,8 @@ class TaylorPruner:
         :class:`~prunable_nn.distributed.DistributedPruningError` and leaves the model as it was.
         """
         check_budget(max_to_prune, flops, self.round_to)
+        for copy in also:
+            check_in_step(copy, self.model)
         distributed = is_distributed(self.process_group)
         reduced = nullcontext()
         if distributed and self.criterion.statistic is not None:
@@ -202,7 +215,7 @@ class TaylorPruner:
         plan = self.map.plan(units)
         touched = self.map.chain_of_unit[units].unique().tolist()
         removals = [self._removal(self.chains[index], units) for index in touched]
-        self.map.apply(plan, units, optimizer)
+        self.map.apply(plan, units, optimizer, also)
         self.reset_estimates()
         return removals
 

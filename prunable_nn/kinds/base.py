@@ -33,10 +33,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..surgery import shrink_buffer, shrink_parameter
+from ..surgery import Optimizers, shrink_buffer, shrink_parameter
 
 Ties = list[tuple[torch.Tensor, torch.Tensor]]
-Optimizer = torch.optim.Optimizer | None
+Optimizer = Optimizers
 
 
 @dataclasses.dataclass(frozen=True)

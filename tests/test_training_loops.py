@@ -1,0 +1,375 @@
+"""The training loops people run, around a pruner: several backward passes through one
+forward, gradient penalties, frozen layers, EMA copies, every optimizer of ``torch.optim``,
+``channels_last``.
+
+Each estimate is checked against an independent computation: the same weights in a plain
+torch copy of the model, its batch-norm outputs captured by forward hooks, their gradients
+from ``torch.autograd.grad`` of the total objective, and eq. 8 written out.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from nets import assert_same_snapshot, one_torch_thread, snapshot  # noqa: F401 (fixture)
+from prunable_nn import TaylorPruner, check_in_step, no_estimates
+
+DOUBLE = torch.float64
+ESTIMATORS = ("1", "4")  # the batch norms, whose outputs the next layers read
+
+
+def plain_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4),
+    ).to(DOUBLE)
+
+
+def batch(size: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(size, 3, 6, 6, dtype=DOUBLE, generator=generator), torch.randint(0, 4, (size,), generator=generator)
+
+
+def converted() -> tuple[nn.Sequential, nn.Sequential, TaylorPruner]:
+    """A plain reference and a prunable model with the same weights, and its pruner."""
+    reference = plain_model()
+    model = copy.deepcopy(reference)
+    return reference, model, TaylorPruner(model, batch()[0])
+
+
+def eq8(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return (activation * grad).mean(dim=(2, 3)).abs().mean(dim=0)
+
+
+def captured(reference: nn.Module) -> dict[str, torch.Tensor]:
+    """The outputs of the estimator layers at the next forward of ``reference``."""
+    outputs: dict[str, torch.Tensor] = {}
+    for name in ESTIMATORS:
+        reference.get_submodule(name).register_forward_hook(lambda _m, _a, out, name=name: outputs.__setitem__(name, out))
+    return outputs
+
+
+def expected_estimates(outputs: dict[str, torch.Tensor], *grads: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+    """Eq. 8 on the summed gradients ``grads`` (one tuple per backward pass, in ESTIMATORS order)."""
+    return {
+        name: eq8(outputs[name].detach(), sum(grad[index] for grad in grads))
+        for index, name in enumerate(ESTIMATORS)
+    }
+
+
+def assert_estimates(model: nn.Module, expected: dict[str, torch.Tensor], examples: int) -> None:
+    for name, value in expected.items():
+        layer = model.get_submodule(name)
+        assert layer.examples_seen == examples, name
+        torch.testing.assert_close(layer.taylor_estimates, value, msg=name)
+
+
+# -- several backward passes through one forward ------------------------------------------------
+def test_two_losses_backward_separately_give_the_estimate_of_their_sum():
+    reference, model, _ = converted()
+    x, y = batch()
+    outputs = captured(reference)
+    out = reference(x)
+    acts = [outputs[name] for name in ESTIMATORS]
+    first = torch.autograd.grad(F.cross_entropy(out, y), acts, retain_graph=True)
+    second = torch.autograd.grad(out.pow(2).mean(), acts)
+
+    out = model(x)
+    F.cross_entropy(out, y).backward(retain_graph=True)
+    out.pow(2).mean().backward()
+    assert_estimates(model, expected_estimates(outputs, first, second), examples=5)
+
+
+@pytest.mark.parametrize("excluded", [False, True])
+def test_a_saliency_pass_before_the_loss_counts_unless_excluded(excluded):
+    reference, model, _ = converted()
+    x, y = batch()
+    outputs = captured(reference)
+    xr = x.clone().requires_grad_()
+    out = reference(xr)
+    acts = [outputs[name] for name in ESTIMATORS]
+    saliency = torch.autograd.grad(out.max(dim=1).values.sum(), acts, retain_graph=True)
+    loss = torch.autograd.grad(F.cross_entropy(out, y), acts)
+    expected = expected_estimates(outputs, loss) if excluded else expected_estimates(outputs, saliency, loss)
+
+    xm = x.clone().requires_grad_()
+    out = model(xm)
+    if excluded:
+        with no_estimates():
+            torch.autograd.grad(out.max(dim=1).values.sum(), xm, retain_graph=True)
+    else:
+        torch.autograd.grad(out.max(dim=1).values.sum(), xm, retain_graph=True)
+    F.cross_entropy(out, y).backward()
+    assert_estimates(model, expected, examples=5)
+
+
+def test_a_gradient_penalty_counts_both_passes_and_leaves_plain_numbers():
+    reference, model, _ = converted()
+    x, y = batch()
+    outputs = captured(reference)
+    xr = x.clone().requires_grad_()
+    out = reference(xr)
+    acts = [outputs[name] for name in ESTIMATORS]
+    first = torch.autograd.grad(out.sum(), acts, retain_graph=True)
+    (input_grad,) = torch.autograd.grad(out.sum(), xr, create_graph=True)
+    second = torch.autograd.grad(F.cross_entropy(out, y) + input_grad.pow(2).sum(), acts)
+
+    xm = x.clone().requires_grad_()
+    out = model(xm)
+    (input_grad,) = torch.autograd.grad(out.sum(), xm, create_graph=True)
+    (F.cross_entropy(out, y) + input_grad.pow(2).sum()).backward()
+    assert_estimates(model, expected_estimates(outputs, first, second), examples=5)
+    for name in ESTIMATORS:  # no autograd graph kept alive by the estimates
+        layer = model.get_submodule(name)
+        assert not layer._taylor_sum.requires_grad and layer._taylor_sum.grad_fn is None
+
+
+def test_a_forward_counts_once_whatever_the_number_of_passes():
+    _, model, pruner = converted()
+    x, y = batch()
+    out = model(x)
+    for _ in range(3):
+        F.cross_entropy(out, y).backward(retain_graph=True)
+    del out  # the graph goes: its forward is counted
+    assert [model.get_submodule(name).examples_seen for name in ESTIMATORS] == [5, 5]
+
+
+# -- frozen layers ------------------------------------------------------------------------------
+def test_a_frozen_stem_is_skipped_and_the_rest_pruned():
+    _, model, pruner = converted()
+    model[0].requires_grad_(False)
+    model[1].requires_grad_(False)
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    stem, rest = pruner.chains[0], pruner.chains[1]
+    removals = pruner.prune(3)
+    assert [removal.chain for removal in removals] == [rest.name]
+    assert stem.num_channels == 8 and rest.num_channels == 3
+    reason = pruner.skipped[stem.name]
+    assert "no gradient reached PBatchNorm2d '1'" in reason and "frozen" in reason
+    assert f"{stem.name}: skipped by the last prune, no gradient reached PBatchNorm2d '1'" in pruner.report()
+
+
+def test_a_frozen_layer_after_a_trainable_one_is_pruned_and_stays_frozen():
+    _, model, pruner = converted()
+    model[3].requires_grad_(False)
+    model[4].requires_grad_(False)
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    assert model[4].taylor_estimates is not None  # the gradient reaches its output
+    frozen_chain = pruner.chains[1]
+    pruner.prune(8)
+    assert frozen_chain.num_channels < 6 and not pruner.skipped
+    assert model[3].weight.shape[0] == frozen_chain.num_channels
+    assert not any(param.requires_grad for param in (*model[3].parameters(), *model[4].parameters()))
+
+
+def test_a_strict_pruner_refuses_a_frozen_stem_and_changes_nothing():
+    _, model, pruner = converted()
+    pruner.strict = True
+    model[0].requires_grad_(False)
+    model[1].requires_grad_(False)
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    before = snapshot(model, pruner)
+    with pytest.raises(RuntimeError, match="chain '0' has no Taylor estimates yet: no gradient reached PBatchNorm2d '1'"):
+        pruner.prune(3)
+    assert_same_snapshot(before, snapshot(model, pruner))
+
+
+# -- EMA and other copies -----------------------------------------------------------------------
+def ema_of(model: nn.Module) -> AveragedModel:
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+
+
+def train_with_ema(model: nn.Module, ema: AveragedModel, steps: int = 3) -> torch.optim.Optimizer:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(steps):
+        x, y = batch(seed=step)
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        ema.update_parameters(model)
+    return optimizer
+
+
+def test_the_estimates_are_not_buffers_and_an_ema_updates():
+    _, model, _ = converted()
+    ema = ema_of(model)
+    train_with_ema(model, ema)  # AveragedModel walks the buffers at every update
+    assert model[1].taylor_estimates is not None
+    names = [name for name, _ in model.named_buffers()] + list(model.state_dict())
+    assert not any("taylor" in name for name in names)
+
+
+@pytest.mark.parametrize("made_before_the_pruner", [False, True])
+def test_prune_also_keeps_an_ema_in_step(made_before_the_pruner):
+    reference = plain_model()
+    model = copy.deepcopy(reference)
+    ema = ema_of(model) if made_before_the_pruner else None  # holds plain torch layers
+    pruner = TaylorPruner(model, batch()[0])
+    ema = ema or ema_of(model)
+    optimizer = train_with_ema(model, ema)
+    before = {name: tensor.clone() for name, tensor in ema.module.state_dict().items()}
+    removals = pruner.prune(5, optimizer, also=[ema])
+    check_in_step(ema, model)
+    assert {removal.layers[0] for removal in removals} == {"0", "3"}
+    for conv in ("0", "3"):
+        rows = [removal.indices for removal in removals if removal.layers[0] == conv][0]
+        columns = [index for removal in removals for index in removal.inputs.get(conv, ())]
+        old = before[f"{conv}.weight"]
+        kept_rows = [index for index in range(old.shape[0]) if index not in rows]
+        kept_columns = [index for index in range(old.shape[1]) if index not in columns]
+        torch.testing.assert_close(ema.module.get_submodule(conv).weight, old[kept_rows][:, kept_columns])
+    train_with_ema(model, ema)  # and the averaging goes on
+
+
+def test_a_copy_equal_to_the_model_stays_equal_to_it():
+    _, model, pruner = converted()
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    twin = copy.deepcopy(model)
+    pruner.prune(6, also=[twin])
+    for (name, ours), theirs in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+
+
+def test_a_stale_copy_is_named_before_anything_changes():
+    _, model, pruner = converted()
+    ema = ema_of(model)
+    train_with_ema(model, ema)
+    pruner.prune(2)  # the EMA left out
+    with pytest.raises(ValueError, match=r"out of step with the model: '0.weight' has shape \(\d, 3, 3, 3\) there"):
+        check_in_step(ema, model)
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    before = snapshot(model, pruner)
+    with pytest.raises(ValueError, match="out of step"):
+        pruner.prune(2, also=[ema])
+    assert_same_snapshot(before, snapshot(model, pruner))
+
+
+# -- optimizers ---------------------------------------------------------------------------------
+OPTIMIZERS = {
+    "SGD": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+    "Adam": lambda params: torch.optim.Adam(params, lr=0.01, amsgrad=True),
+    "AdamW": lambda params: torch.optim.AdamW(params, lr=0.01),
+    "Adamax": lambda params: torch.optim.Adamax(params, lr=0.01),
+    "NAdam": lambda params: torch.optim.NAdam(params, lr=0.01),
+    "RAdam": lambda params: torch.optim.RAdam(params, lr=0.01),
+    "Adagrad": lambda params: torch.optim.Adagrad(params, lr=0.01),
+    "Adadelta": lambda params: torch.optim.Adadelta(params),
+    "RMSprop": lambda params: torch.optim.RMSprop(params, lr=0.01, momentum=0.9, centered=True),
+    "Rprop": lambda params: torch.optim.Rprop(params, lr=0.01),
+    "ASGD": lambda params: torch.optim.ASGD(params, lr=0.01),
+    "Adafactor": lambda params: torch.optim.Adafactor(params, lr=0.01),
+}
+
+
+def train_steps(model: nn.Module, optimizers: list[torch.optim.Optimizer], steps: int = 2) -> None:
+    for step in range(steps):
+        x, y = batch(seed=step)
+        for optimizer in optimizers:
+            optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for optimizer in optimizers:
+            optimizer.step()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_goes_on_after_a_prune_with_the_state_of_the_kept_channels(name):
+    _, model, pruner = converted()
+    optimizer = OPTIMIZERS[name](model.parameters())
+    train_steps(model, [optimizer])
+    weight = model[0].weight
+    old_shape = weight.shape
+    state = {key: value.clone() for key, value in optimizer.state[weight].items() if isinstance(value, torch.Tensor)}
+    removals = pruner.prune(4, optimizer)
+    going = next(removal.indices for removal in removals if removal.layers[0] == "0")
+    kept = [index for index in range(old_shape[0]) if index not in going]
+    for key, value in state.items():
+        if value.dim() == len(old_shape) and value.shape[0] == old_shape[0]:
+            torch.testing.assert_close(optimizer.state[weight][key], value[kept], msg=key)
+        else:
+            torch.testing.assert_close(optimizer.state[weight][key], value, msg=key)
+    train_steps(model, [optimizer])
+
+
+def test_lbfgs_is_reset_with_a_warning_and_goes_on():
+    _, model, pruner = converted()
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.1, max_iter=2)
+    x, y = batch()
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with pytest.warns(UserWarning, match="LBFGS keeps a flat history"):
+        pruner.prune(3, optimizer)
+    assert not optimizer.state
+    optimizer.step(closure)
+
+
+def test_several_optimizers_are_all_sliced():
+    _, model, pruner = converted()
+    params = list(model.parameters())
+    first, second = torch.optim.SGD(params[:4], lr=0.01, momentum=0.9), torch.optim.Adam(params[4:], lr=0.01)
+    shadow = torch.optim.Adam(params, lr=0.0)  # a second optimizer over the same parameters
+    train_steps(model, [first, second, shadow])
+    pruner.prune(4, [first, second, shadow])
+    train_steps(model, [first, second, shadow])
+
+
+class FlatState(torch.optim.SGD):
+    """An optimizer that keeps a flattened copy of each parameter, which no prune can slice."""
+
+    def step(self, closure=None):  # noqa: ANN001, ANN201
+        for group in self.param_groups:
+            for param in group["params"]:
+                self.state[param]["flat"] = param.detach().flatten().clone()
+        return super().step(closure)
+
+
+def test_an_optimizer_state_that_cannot_be_sliced_is_refused_before_anything_changes():
+    _, model, pruner = converted()
+    optimizer = FlatState(model.parameters(), lr=0.01)
+    train_steps(model, [optimizer])
+    before = snapshot(model, pruner)
+    with pytest.raises(ValueError, match=r"FlatState holds state 'flat' of shape \(216,\) for a parameter of shape \(8, 3, 3, 3\)"):
+        pruner.prune(3, optimizer)
+    assert_same_snapshot(before, snapshot(model, pruner))
+
+
+def test_something_else_than_an_optimizer_is_refused():
+    _, model, pruner = converted()
+    train_steps(model, [])
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer or a sequence of them, got dict"):
+        pruner.prune(3, [{"lr": 0.1}])
+
+
+# -- memory format ------------------------------------------------------------------------------
+def test_channels_last_tensors_stay_channels_last():
+    _, model, pruner = converted()
+    model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_steps(model, [optimizer])
+    pruner.prune(4, optimizer)
+    for conv in (model[0], model[3]):
+        for tensor in (conv.weight, conv.weight.grad, optimizer.state[conv.weight]["momentum_buffer"]):
+            assert tensor.is_contiguous(memory_format=torch.channels_last)
+            assert not tensor.is_contiguous()
+    train_steps(model, [optimizer])
