@@ -173,6 +173,8 @@ def prune_loop(
     progress: bool | None = None,
     csv_path: str | Path | None = None,
     on_round: Callable[[Round], None] | None = None,
+    autocast: torch.dtype | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> History:
     """Alternate fine-tuning and pruning of a trained ``model`` until ``target`` is reached.
 
@@ -192,6 +194,9 @@ def prune_loop(
     row has ``reached=True``; it may be row 0, e.g. ``FlopsTarget(1.0)``), when nothing is left
     to prune (``pruner.num_prunables == 0``), or after ``max_rounds`` rounds. The model is
     left as the last round made it.
+
+    ``autocast`` and ``grad_scaler``: mixed precision, as :func:`~prunable_nn.training.train_step`
+    runs it; the pruner's estimates are then divided by the scaler's scale (``pruner.grad_scaler``).
 
     ``progress``: a tqdm bar of rounds with FLOPs %, accuracy and units left (``None``: only
     when stderr is a terminal). ``csv_path``: the history is written there (rewritten after
@@ -225,6 +230,8 @@ def prune_loop(
     if pruner.model is not inner:
         raise ValueError(f"the pruner belongs to another model ({type(pruner.model).__name__}), not this one")
     distributed = is_distributed(pruner.process_group)
+    if grad_scaler is not None:
+        pruner.grad_scaler = grad_scaler
 
     started = time.perf_counter()
     history = History()
@@ -271,7 +278,8 @@ def prune_loop(
             if round_ == 1:
                 pruner.reset_estimates()  # rank by this round's steps, as every later round does
             loss = train_steps(
-                model, optimizer, batches, steps_per_round, desc=f"round {round_}", progress=progress, loss_fn=loss_fn
+                model, optimizer, batches, steps_per_round, desc=f"round {round_}", progress=progress, loss_fn=loss_fn,
+                autocast=autocast, grad_scaler=grad_scaler,
             )
             flops = None if flops_per_round is None else flops_per_round * history[0].flops
             removals = pruner.prune(max_to_prune, optimizer=optimizer, flops=flops)

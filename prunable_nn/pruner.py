@@ -72,6 +72,8 @@ class TaylorPruner:
             ranks the estimates all-reduced over it and checks that every rank chose the same
             channels (:mod:`prunable_nn.distributed`); every rank must call it.
         strict: make ``prune()`` raise when a chain has no estimates, instead of skipping it.
+        grad_scaler: the ``torch.amp.GradScaler`` that scales the loss; the estimates are
+            divided by its scale at every backward pass, so they do not depend on it.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class TaylorPruner:
         round_to: int = 1,
         process_group: ProcessGroup | None = None,
         strict: bool = False,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if flops_regularization < 0:
             raise ValueError(f"flops_regularization must be >= 0, got {flops_regularization}")
@@ -122,6 +125,20 @@ class TaylorPruner:
             layer.estimating = layer in estimating
             if layer in estimating:
                 layer.statistic = statistic
+        self.grad_scaler = grad_scaler
+
+    @property
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """The ``GradScaler`` whose scale the recorded gradients carry (``None``: none)."""
+        return self._grad_scaler
+
+    @grad_scaler.setter
+    def grad_scaler(self, scaler: torch.amp.GradScaler | None) -> None:
+        if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+            raise TypeError(f"grad_scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+        self._grad_scaler = scaler
+        for member in self._estimators:
+            member.layer.grad_scaler = scaler
 
     @property
     def chains(self) -> list[Chain]:
@@ -236,6 +253,11 @@ class TaylorPruner:
             )
         for name, reason in self.skipped.items():
             lines.append(f"  {name}: skipped by the last prune, {reason}")
+        for member in self._estimators:
+            skipped = member.layer.batches_skipped
+            if skipped:
+                batches = "batch" if skipped == 1 else "batches"
+                lines.append(f"  {member.layer.name_in_model}: {skipped} {batches} left out since the last prune, gradients not finite")
         for frozen in self.frozen:
             lines.append(f"  {frozen.name}: not prunable, {frozen.reason}")
         for module in self.opaque:

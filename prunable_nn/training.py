@@ -63,13 +63,26 @@ def train_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     loss_fn: LossFunction = nn.functional.cross_entropy,
+    *,
+    autocast: torch.dtype | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> float:
-    """One step of ``loss_fn(model(images), labels)`` in training mode; returns the loss."""
+    """One step of ``loss_fn(model(images), labels)`` in training mode; returns the loss.
+
+    ``autocast``: run the forward under ``torch.autocast`` with this dtype (``torch.float16``,
+    ``torch.bfloat16``). ``grad_scaler``: scale the loss, and step and update through it (a
+    step whose gradients overflowed is skipped, as ``GradScaler`` does)."""
     model.train()
-    loss = loss_fn(model(images), labels)
+    with torch.autocast(images.device.type, dtype=autocast, enabled=autocast is not None):
+        loss = loss_fn(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if grad_scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        grad_scaler.scale(loss).backward()
+        grad_scaler.step(optimizer)
+        grad_scaler.update()
     return loss.item()
 
 
@@ -82,15 +95,18 @@ def train_steps(
     desc: str = "train",
     progress: bool | None = None,
     loss_fn: LossFunction = nn.functional.cross_entropy,
+    autocast: torch.dtype | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> float:
-    """Run ``steps`` training steps on batches taken from ``batches``; return the mean loss."""
+    """Run ``steps`` training steps (:func:`train_step`) on batches taken from ``batches``;
+    return the mean loss."""
     if steps < 1:
         raise ValueError(f"steps must be positive, got {steps}")
     total = 0.0
     with tqdm(total=steps, desc=desc, unit="step", leave=False, disable=progress_disabled(progress)) as bar:
         for _ in range(steps):
             images, labels = next(batches)
-            loss = train_step(model, optimizer, images, labels, loss_fn)
+            loss = train_step(model, optimizer, images, labels, loss_fn, autocast=autocast, grad_scaler=grad_scaler)
             total += loss
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             bar.update()
@@ -105,9 +121,14 @@ def train_epoch(
     desc: str = "epoch",
     progress: bool | None = None,
     loss_fn: LossFunction = nn.functional.cross_entropy,
+    autocast: torch.dtype | None = None,
+    grad_scaler: torch.amp.GradScaler | None = None,
 ) -> float:
-    """One pass over ``loader``; returns the mean loss."""
-    return train_steps(model, optimizer, iter(loader), len(loader), desc=desc, progress=progress, loss_fn=loss_fn)
+    """One pass over ``loader`` (:func:`train_step`); returns the mean loss."""
+    return train_steps(
+        model, optimizer, iter(loader), len(loader), desc=desc, progress=progress, loss_fn=loss_fn,
+        autocast=autocast, grad_scaler=grad_scaler,
+    )
 
 
 def evaluate(model: nn.Module, loader: DataLoader, *, desc: str = "test", progress: bool | None = None) -> float:

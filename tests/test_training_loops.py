@@ -373,3 +373,71 @@ def test_channels_last_tensors_stay_channels_last():
             assert tensor.is_contiguous(memory_format=torch.channels_last)
             assert not tensor.is_contiguous()
     train_steps(model, [optimizer])
+
+
+# -- mixed precision ----------------------------------------------------------------------------
+def float_model() -> tuple[nn.Sequential, TaylorPruner]:
+    model = plain_model().float()
+    return model, TaylorPruner(model, batch()[0].float())
+
+
+def scaled_steps(
+    model: nn.Module, scaler: torch.amp.GradScaler, batches: list[tuple[torch.Tensor, torch.Tensor, float]]
+) -> list[float]:
+    """Training steps under bfloat16 autocast through ``scaler``; each batch's loss is
+    multiplied by its factor (``inf``: an overflowed step). Returns the scale of each step."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scales = []
+    for x, y, factor in batches:
+        scales.append(scaler.get_scale())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x.float()), y) * factor
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return scales
+
+
+def test_the_estimates_do_not_depend_on_the_loss_scale():
+    estimates = []
+    for scale in (2.0**4, 2.0**12):
+        model, pruner = float_model()
+        pruner.grad_scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        scaled_steps(model, pruner.grad_scaler, [(*batch(seed=0), 1.0), (*batch(seed=1), 1.0)])
+        estimates.append([model.get_submodule(name).taylor_estimates for name in ESTIMATORS])
+    for low, high in zip(*estimates):
+        torch.testing.assert_close(low, high)
+
+
+def test_an_overflowed_batch_is_skipped_counted_and_weights_no_other():
+    model, pruner = float_model()
+    pruner.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1)
+    scales = scaled_steps(model, pruner.grad_scaler, [(*batch(seed=0), 1.0), (*batch(seed=1), float("inf")), (*batch(seed=2), 1.0)])
+    clean, clean_pruner = float_model()
+    clean_pruner.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1)
+    clean_scales = scaled_steps(clean, clean_pruner.grad_scaler, [(*batch(seed=0), 1.0), (*batch(seed=2), 1.0)])
+    assert scales == [2.0**8, 2.0**9, 2.0**8] and clean_scales == [2.0**8, 2.0**9]  # the last batch: two scales
+    for name in ESTIMATORS:
+        layer = model.get_submodule(name)
+        assert layer.batches_skipped == 1 and layer.examples_seen == 10, name
+        torch.testing.assert_close(layer.taylor_estimates, clean.get_submodule(name).taylor_estimates, msg=name)
+    assert f"  {ESTIMATORS[0]}: 1 batch left out since the last prune, gradients not finite" in pruner.report()
+    pruner.prune(2)  # the interval is not lost
+
+
+def test_prune_loop_runs_mixed_precision_through_a_scaler():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunable_nn import FlopsTarget, prune_loop
+
+    model, pruner = float_model()
+    x, y = batch(size=16)
+    loader = DataLoader(TensorDataset(x.float(), y), batch_size=8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    history = prune_loop(
+        model, pruner, loader, loader, torch.optim.SGD(model.parameters(), lr=0.05), target=FlopsTarget(0.05), max_to_prune=2,
+        steps_per_round=2, max_rounds=2, autocast=torch.bfloat16, grad_scaler=scaler, progress=False,
+    )
+    assert pruner.grad_scaler is scaler and model[1].grad_scaler is scaler
+    assert len(history) == 3 and history[-1].flops < history[0].flops
