@@ -134,8 +134,9 @@ class _Pending:
         self.values = values if self.values is None else self.values + values
 
     def __del__(self) -> None:
-        if self.values is not None and self.generation == self.layer._generation:
-            self.layer._add_batch(self.values if self.statistic.finish is None else self.statistic.finish(self.values))
+        values = getattr(self, "values", None)  # torch.compile may copy one without __init__
+        if values is not None and self.generation == self.layer._generation:
+            self.layer._add_batch(values if self.statistic.finish is None else self.statistic.finish(values))
 
 
 def loss_scale(scaler: torch.amp.GradScaler) -> torch.Tensor:

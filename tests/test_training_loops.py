@@ -441,3 +441,24 @@ def test_prune_loop_runs_mixed_precision_through_a_scaler():
     )
     assert pruner.grad_scaler is scaler and model[1].grad_scaler is scaler
     assert len(history) == 3 and history[-1].flops < history[0].flops
+
+
+# -- torch.compile -------------------------------------------------------------------------------
+def test_a_compiled_model_records_the_eager_estimates_and_recompiles_after_a_prune():
+    """``aot_eager`` runs dynamo and AOTAutograd, where the recording meets the compiler,
+    without a C++ toolchain."""
+    torch._dynamo.reset()
+    reference, model, pruner = converted()
+    eager, eager_pruner = copy.deepcopy(reference), None
+    eager_pruner = TaylorPruner(eager, batch()[0])
+    compiled = torch.compile(model, backend="aot_eager")
+    for round_ in range(2):
+        x, y = batch(seed=round_)
+        F.cross_entropy(compiled(x), y).backward()
+        F.cross_entropy(eager(x), y).backward()
+        for name in ESTIMATORS:
+            torch.testing.assert_close(model.get_submodule(name).taylor_estimates, eager.get_submodule(name).taylor_estimates)
+        pruner.prune(3)
+        eager_pruner.prune(3)
+        assert [chain.num_channels for chain in pruner.chains] == [chain.num_channels for chain in eager_pruner.chains]
+    torch._dynamo.reset()
