@@ -22,8 +22,8 @@ With a ``torch.amp.GradScaler`` attached (``layer.grad_scaler``), the gradients 
 by its scale, so that a backoff in the middle of an interval weights no batch differently.
 
 **How.** The layer's output goes through :class:`_Recorded`, an autograd function that
-marks it as changed in place (nothing is copied) and saves it for its backward, which reads
-the gradient. Autograd frees what a node saved when a pass without ``retain_graph`` has run
+marks it as changed in place (nothing is copied; its version counter is set back, since its
+values do not change) and saves it for its backward, which reads the gradient. Autograd frees what a node saved when a pass without ``retain_graph`` has run
 through it, and that is when a forward's statistic is final. The output is saved without
 autograd's version check, so a later in-place ReLU is harmless: the gradient that reaches the
 layer's output is zero wherever the ReLU zeroed the activation, so ``a * dL/da`` is the same
@@ -227,8 +227,12 @@ class TaylorEstimates:
             return made[-1]
 
         slot: list = [None]
+        version = output._version
         with torch.autograd.graph.saved_tensors_hooks(pack, _activation_of):
             recorded = _Recorded.apply(output, slot)
+        # Marked as changed in place, the output's version went up; its values did not change,
+        # and an op that saved it (a ReLU inside timm's BatchNormAct2d) must still find it valid.
+        torch._C._autograd._unsafe_set_version_counter((recorded,), (version,))
         slot[0] = weakref.ref(made[0])
         return recorded
 

@@ -9,6 +9,7 @@ from ``torch.autograd.grad`` of the total objective, and eq. 8 written out.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 
@@ -58,6 +59,15 @@ def captured(reference: nn.Module) -> dict[str, torch.Tensor]:
     return outputs
 
 
+def reference_run(reference: nn.Module, x: torch.Tensor):
+    """The forward of ``reference`` on ``x`` as an input that requires a gradient: its output,
+    that input, and the estimators' outputs (by name, and in ESTIMATORS order)."""
+    outputs = captured(reference)
+    xr = x.clone().requires_grad_()
+    out = reference(xr)
+    return out, xr, outputs, [outputs[name] for name in ESTIMATORS]
+
+
 def expected_estimates(outputs: dict[str, torch.Tensor], *grads: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
     """Eq. 8 on the summed gradients ``grads`` (one tuple per backward pass, in ESTIMATORS order)."""
     return {
@@ -77,9 +87,7 @@ def assert_estimates(model: nn.Module, expected: dict[str, torch.Tensor], exampl
 def test_two_losses_backward_separately_give_the_estimate_of_their_sum():
     reference, model, _ = converted()
     x, y = batch()
-    outputs = captured(reference)
-    out = reference(x)
-    acts = [outputs[name] for name in ESTIMATORS]
+    out, _, outputs, acts = reference_run(reference, x)
     first = torch.autograd.grad(F.cross_entropy(out, y), acts, retain_graph=True)
     second = torch.autograd.grad(out.pow(2).mean(), acts)
 
@@ -93,20 +101,14 @@ def test_two_losses_backward_separately_give_the_estimate_of_their_sum():
 def test_a_saliency_pass_before_the_loss_counts_unless_excluded(excluded):
     reference, model, _ = converted()
     x, y = batch()
-    outputs = captured(reference)
-    xr = x.clone().requires_grad_()
-    out = reference(xr)
-    acts = [outputs[name] for name in ESTIMATORS]
+    out, _, outputs, acts = reference_run(reference, x)
     saliency = torch.autograd.grad(out.max(dim=1).values.sum(), acts, retain_graph=True)
     loss = torch.autograd.grad(F.cross_entropy(out, y), acts)
     expected = expected_estimates(outputs, loss) if excluded else expected_estimates(outputs, saliency, loss)
 
     xm = x.clone().requires_grad_()
     out = model(xm)
-    if excluded:
-        with no_estimates():
-            torch.autograd.grad(out.max(dim=1).values.sum(), xm, retain_graph=True)
-    else:
+    with no_estimates() if excluded else contextlib.nullcontext():
         torch.autograd.grad(out.max(dim=1).values.sum(), xm, retain_graph=True)
     F.cross_entropy(out, y).backward()
     assert_estimates(model, expected, examples=5)
@@ -115,10 +117,7 @@ def test_a_saliency_pass_before_the_loss_counts_unless_excluded(excluded):
 def test_a_gradient_penalty_counts_both_passes_and_leaves_plain_numbers():
     reference, model, _ = converted()
     x, y = batch()
-    outputs = captured(reference)
-    xr = x.clone().requires_grad_()
-    out = reference(xr)
-    acts = [outputs[name] for name in ESTIMATORS]
+    out, xr, outputs, acts = reference_run(reference, x)
     first = torch.autograd.grad(out.sum(), acts, retain_graph=True)
     (input_grad,) = torch.autograd.grad(out.sum(), xr, create_graph=True)
     second = torch.autograd.grad(F.cross_entropy(out, y) + input_grad.pow(2).sum(), acts)
@@ -144,12 +143,18 @@ def test_a_forward_counts_once_whatever_the_number_of_passes():
 
 
 # -- frozen layers ------------------------------------------------------------------------------
-def test_a_frozen_stem_is_skipped_and_the_rest_pruned():
+def trained_with_frozen(*frozen: int) -> tuple[nn.Sequential, TaylorPruner]:
+    """The converted model after one backward pass with the layers ``frozen`` frozen."""
     _, model, pruner = converted()
-    model[0].requires_grad_(False)
-    model[1].requires_grad_(False)
+    for index in frozen:
+        model[index].requires_grad_(False)
     x, y = batch()
     F.cross_entropy(model(x), y).backward()
+    return model, pruner
+
+
+def test_a_frozen_stem_is_skipped_and_the_rest_pruned():
+    model, pruner = trained_with_frozen(0, 1)
     stem, rest = pruner.chains[0], pruner.chains[1]
     removals = pruner.prune(3)
     assert [removal.chain for removal in removals] == [rest.name]
@@ -160,11 +165,7 @@ def test_a_frozen_stem_is_skipped_and_the_rest_pruned():
 
 
 def test_a_frozen_layer_after_a_trainable_one_is_pruned_and_stays_frozen():
-    _, model, pruner = converted()
-    model[3].requires_grad_(False)
-    model[4].requires_grad_(False)
-    x, y = batch()
-    F.cross_entropy(model(x), y).backward()
+    model, pruner = trained_with_frozen(3, 4)
     assert model[4].taylor_estimates is not None  # the gradient reaches its output
     frozen_chain = pruner.chains[1]
     pruner.prune(8)
@@ -174,12 +175,8 @@ def test_a_frozen_layer_after_a_trainable_one_is_pruned_and_stays_frozen():
 
 
 def test_a_strict_pruner_refuses_a_frozen_stem_and_changes_nothing():
-    _, model, pruner = converted()
+    model, pruner = trained_with_frozen(0, 1)
     pruner.strict = True
-    model[0].requires_grad_(False)
-    model[1].requires_grad_(False)
-    x, y = batch()
-    F.cross_entropy(model(x), y).backward()
     before = snapshot(model, pruner)
     with pytest.raises(RuntimeError, match="chain '0' has no Taylor estimates yet: no gradient reached PBatchNorm2d '1'"):
         pruner.prune(3)
@@ -462,3 +459,20 @@ def test_a_compiled_model_records_the_eager_estimates_and_recompiles_after_a_pru
         eager_pruner.prune(3)
         assert [chain.num_channels for chain in pruner.chains] == [chain.num_channels for chain in eager_pruner.chains]
     torch._dynamo.reset()
+
+
+def test_a_layer_whose_forward_saves_its_own_output_backwards_through_the_recording():
+    """timm's ``BatchNormAct2d`` ends with a ReLU, which saves its output for the backward:
+    the recording must leave that output valid for it."""
+    from timm.layers import BatchNormAct2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=nn.ReLU), nn.Conv2d(8, 4, 3),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).to(DOUBLE)
+    x, y = batch()
+    pruner = TaylorPruner(model, x)
+    F.cross_entropy(model(x), y[:5] % 3).backward()
+    assert model[1].examples_seen == 5
+    pruner.prune(2)
