@@ -34,6 +34,7 @@ demo: $(STAMP) $(FASHION_MNIST)
 
 bench: $(STAMP) $(FASHION_MNIST)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/memory.py --out benchmarks/results/memory.md
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/coverage.py
 	$(PY) benchmarks/latency.py

@@ -10,6 +10,7 @@ from torch import nn
 
 from .layers import PrunableLayer
 from .pruner import TaylorPruner
+from .taylor import strip_record_hooks
 
 
 def to_torch(model: nn.Module) -> nn.Module:
@@ -50,6 +51,7 @@ def to_torch(model: nn.Module) -> nn.Module:
                 memo[id(value)] = None
                 left_out.append((module, name))
     result = copy.deepcopy(model, memo)
+    strip_record_hooks(result)
     for module, name in left_out:
         twin = memo.get(id(module))
         if twin is not None and not isinstance(module, PrunableLayer):
@@ -62,8 +64,8 @@ def _map_tensors(layer: PrunableLayer, plain: nn.Module, memo: dict[int, Any]) -
     ``plain`` those of an earlier twin where ``layer`` shares a tensor with its layer."""
     for slots, plain_slots in ((layer._parameters, plain._parameters), (layer._buffers, plain._buffers)):
         for name, tensor in slots.items():
-            if tensor is None or name not in plain_slots:
-                continue  # the estimates' buffer has no twin
+            if tensor is None:
+                continue
             copied: torch.Tensor | None = memo.get(id(tensor))
             if copied is None:
                 memo[id(tensor)] = plain_slots[name]

@@ -67,6 +67,7 @@ from .ops import (
     SPLITTING,
     spatial_dims,
 )
+from .taylor import HOMOGENEOUS_ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ class ChannelFlow:
     layers, the channels they own); ``members[(layer, "input")]`` the labels of each input
     channel (input feature of a ``PLinear``). ``ties`` pairs label tensors whose labels are
     tied position by position. ``out_of_place`` lists the in-place activation modules to
-    make out of place (see the module docstring).
+    make out of place (see the module docstring). ``records_after`` maps an estimator called
+    once whose output only a ReLU module reads to that ReLU, which records for it
+    (:class:`~prunable_nn.taylor.RecordAfter`).
     """
 
     spaces: list[Space] = field(default_factory=list)
@@ -106,6 +109,7 @@ class ChannelFlow:
     frozen: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     estimators: list[PrunableLayer] = field(default_factory=list)
     out_of_place: list[nn.Module] = field(default_factory=list)
+    records_after: dict[PrunableLayer, nn.Module] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -526,11 +530,19 @@ class _Walk:
                         found[module] = None
                 else:
                     pending += self.sources.get(node, [])
-        first_call: dict[nn.Module, int] = {}
-        for position, node in enumerate(self.graph.nodes):
+        calls: dict[nn.Module, list[fx.Node]] = {}
+        for node in self.graph.nodes:
             if node.op == "call_module":
-                first_call.setdefault(self.modules[node.target], position)
-        self.flow.estimators = sorted(found, key=first_call.__getitem__)
+                calls.setdefault(self.modules[node.target], []).append(node)
+        order = {module: position for position, module in enumerate(calls)}
+        self.flow.estimators = sorted(found, key=order.__getitem__)
+        for layer in self.flow.estimators:
+            (node, *others), users = calls[layer], list(calls[layer][0].users)
+            if others or len(users) != 1 or users[0].op != "call_module" or users[0].args[:1] != (node,):
+                continue
+            activation = self.modules[users[0].target]
+            if type(activation) in HOMOGENEOUS_ACTIVATIONS:
+                self.flow.records_after[layer] = activation
 
 
 def _live_nodes(graph: fx.Graph) -> set[fx.Node]:

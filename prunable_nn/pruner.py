@@ -31,6 +31,7 @@ from .kinds import kind_of, refusal
 from .layers import PrunableLayer
 from .ranking import l2_normalise, lowest_blocks, reaching, relative_costs
 from .surgery import Optimizers
+from .taylor import record_after
 from .trace import trace
 
 
@@ -123,8 +124,15 @@ class TaylorPruner:
         estimating = {member.layer for member in self._estimators} if statistic is not None else set()
         for layer in layers:
             layer.estimating = layer in estimating
+            layer.records_after_activation = False
             if layer in estimating:
                 layer.statistic = statistic
+        readers: dict[nn.Module, list[PrunableLayer]] = {}
+        for layer, activation in flow.records_after.items():
+            if layer in estimating:
+                readers.setdefault(activation, []).append(layer)
+        for activation, feeding in readers.items():
+            record_after(activation, feeding)  # costs no memory (prunable_nn.taylor)
         self.grad_scaler = grad_scaler
 
     @property

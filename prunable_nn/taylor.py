@@ -29,6 +29,12 @@ autograd's version check, so a later in-place ReLU is harmless: the gradient tha
 layer's output is zero wherever the ReLU zeroed the activation, so ``a * dL/da`` is the same
 before and after it. The estimates are plain attributes of the layer, not buffers: they are
 not part of ``state_dict()``, ``buffers()`` or anything that walks them (EMA, DDP).
+
+**Memory.** A batch norm keeps its input for its backward, not its output: saved for the
+estimate alone, the output would stay alive until its gradient arrived. Where the pruner's
+graph shows that one ReLU module alone reads a layer's output, that ReLU records its own
+output for the layer (:class:`RecordAfter`), which autograd keeps anyway: the numbers are
+the same (``relu(a) * dL/drelu(a) = a * dL/da``) and the estimate costs no memory.
 """
 
 from __future__ import annotations
@@ -190,6 +196,10 @@ class TaylorEstimates:
         self._batches_skipped: torch.Tensor | int = 0
         #: Counts the resets: a forward made before one adds nothing after it.
         self._generation = 0
+        #: Whether the ReLU that alone reads this layer's output records its own output
+        #: instead (:class:`RecordAfter`).
+        self.records_after_activation = False
+        self._awaited = None
 
     @property
     def taylor_estimates(self) -> torch.Tensor | None:
@@ -217,9 +227,18 @@ class TaylorEstimates:
         self._generation += 1
 
     def _record(self, output: torch.Tensor) -> torch.Tensor:
-        """``output``, arranged so that the gradients that reach it update the estimate."""
+        """``output``, arranged so that the gradients that reach it update the estimate (or,
+        with :attr:`records_after_activation`, so that the activation reading it records its own)."""
         if not (self.estimating and isinstance(output, torch.Tensor) and output.requires_grad):
             return output
+        if self._awaited is not None:  # the last output never reached the activation: record here
+            self.records_after_activation, self._awaited = False, None
+        if self.records_after_activation:
+            self._awaited = weakref.ref(output)
+            return output
+        return self._record_now(output)
+
+    def _record_now(self, output: torch.Tensor) -> torch.Tensor:
         made: list[_Pending] = []
 
         def pack(tensor: torch.Tensor) -> _Pending:
@@ -255,6 +274,58 @@ class TaylorEstimates:
 
     def _num_estimated_channels(self) -> int:
         raise NotImplementedError
+
+
+#: Activations ``f`` with ``f(a) = f'(a) * a``, so that ``f(a) * dL/df(a) = a * dL/da``, and
+#: ``relu(f(a)) = relu(a)``: every statistic reads the same numbers after them.
+HOMOGENEOUS_ACTIVATIONS = (torch.nn.ReLU, torch.nn.LeakyReLU)
+
+
+class RecordAfter:
+    """Forward hook of a ReLU that alone reads the outputs of ``layers``: when its input is
+    the output a layer is waiting on, the ReLU's output is recorded for that layer.
+
+    Autograd keeps a ReLU's output for its backward anyway, while nothing but the estimate
+    would keep the layer's own output (a batch norm keeps its input): recording after the
+    ReLU costs no memory, and gives the same numbers (:data:`HOMOGENEOUS_ACTIVATIONS`). A
+    layer whose output did not reach the ReLU (code the graph did not show) records its own
+    outputs from its next forward on."""
+
+    def __init__(self, layers: list[TaylorEstimates]) -> None:
+        self.layers = layers
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            awaited = None if layer._awaited is None else layer._awaited()
+            if awaited is not None and args and _same_values(awaited, args[0]):
+                layer._awaited = None
+                output = layer._record_now(output)
+        return output
+
+
+def _same_values(tensor: torch.Tensor, other: object) -> bool:
+    """Whether ``other`` is ``tensor`` or an alias of it (a backward hook's identity)."""
+    return tensor is other or (
+        isinstance(other, torch.Tensor)
+        and other.data_ptr() == tensor.data_ptr()
+        and other.shape == tensor.shape
+        and other.stride() == tensor.stride()
+    )
+
+
+def record_after(activation: torch.nn.Module, layers: list[TaylorEstimates]) -> None:
+    """Make ``activation`` record its output for ``layers`` (replacing an earlier hook)."""
+    strip_record_hooks(activation)
+    for layer in layers:
+        layer.records_after_activation = True
+    activation.register_forward_hook(RecordAfter(layers))
+
+
+def strip_record_hooks(module: torch.nn.Module) -> None:
+    """Remove the :class:`RecordAfter` hooks of ``module`` and its submodules."""
+    for each in module.modules():
+        for key in [key for key, hook in each._forward_hooks.items() if isinstance(hook, RecordAfter)]:
+            del each._forward_hooks[key]
 
 
 def _activation_of(pending: _Pending) -> torch.Tensor:

@@ -34,6 +34,17 @@ def test_overhead_benchmark_quick_run_reports_both_ratios(tmp_path):
         assert results[mode]["median_ratio"] > 0
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads glibc's mallinfo2")
+def test_memory_benchmark_quick_run_measures_both_relus(tmp_path):
+    out = tmp_path / "memory.md"
+    run_quick("memory.py", out)
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ") and "MiB" not in line and "---" not in line]
+    assert [cells[0].strip() for cells in rows] == ["out of place", "in place"]
+    for cells in rows:
+        ours, plain, ratio = (float(cell) for cell in cells[1:4])
+        assert ours > 0 and plain > 0 and math.isclose(ratio, ours / plain, rel_tol=0.01, abs_tol=0.002)
+
+
 def test_convert_benchmark_quick_run_writes_table_rows(tmp_path):
     out = tmp_path / "convert.md"
     run = run_quick("convert.py", out)

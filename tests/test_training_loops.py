@@ -476,3 +476,34 @@ def test_a_layer_whose_forward_saves_its_own_output_backwards_through_the_record
     F.cross_entropy(model(x), y[:5] % 3).backward()
     assert model[1].examples_seen == 5
     pruner.prune(2)
+
+
+# -- memory -------------------------------------------------------------------------------------
+def test_a_batch_norm_read_by_a_relu_keeps_no_output_alive():
+    """Autograd keeps the ReLU's output, not the batch norm's: recording after the ReLU lets
+    the batch norm's output go as soon as the forward is done."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    _, model, pruner = converted()
+    assert model[1].records_after_activation and model[4].records_after_activation
+    outputs = []
+    model[1].register_forward_hook(lambda _m, _a, out: outputs.append(StorageWeakRef(out.untyped_storage())))
+    x, y = batch()
+    loss = F.cross_entropy(model(x), y)
+    assert outputs[0].expired()
+    loss.backward()
+    assert model[1].examples_seen == 5
+
+
+def test_a_layer_whose_output_never_reaches_its_relu_records_its_own_from_then_on():
+    reference, model, _ = converted()
+    model[1].register_forward_hook(lambda _m, _a, out: out * 1.0)  # a new tensor: the ReLU reads that
+    x, y = batch()
+    F.cross_entropy(model(x), y).backward()
+    assert model[1].examples_seen == 0  # this forward's statistic reached no one
+    out, _, outputs, acts = reference_run(reference, x)
+    expected = expected_estimates(outputs, torch.autograd.grad(F.cross_entropy(out, y), acts))
+    F.cross_entropy(model(x), y).backward()
+    assert not model[1].records_after_activation
+    assert model[1].examples_seen == 5
+    torch.testing.assert_close(model[1].taylor_estimates, expected["1"])
