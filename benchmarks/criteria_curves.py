@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import textwrap
 import time
@@ -329,7 +330,9 @@ def main_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oracle-images", type=int, default=256)
     parser.add_argument("--only", action="append", metavar="VARIANT",
                         help="run only this variant, named as in the table (repeat for more)")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds run at a time, each in its own process")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at a time, each in its own process (with the CPUs shared among them "
+                             "unless --threads says otherwise)")
     start_model.add_arguments(parser, seeds=3)
     report.add_common_arguments(parser, "criteria_curves.md")
     return parser
@@ -342,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.width, args.hidden, args.steps, args.target = 2, 0.0625, 16, 20, 0.5
         args.steps_per_round, args.max_to_prune, args.val_size, args.data = 2, 32, 100, "digits"
         args.recovery_steps, args.bn_batches, args.oracle, args.oracle_images = 2, 2, True, 16
+    if args.jobs > 1 and not args.threads:
+        # Each worker would take every CPU: two jobs of two threads on two cores stall at every
+        # OpenMP barrier (the quick run took 190 s instead of 14).
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     if args.threads:
         torch.set_num_threads(args.threads)
     known = list(variants(args, 0, oracle_batches=[]))

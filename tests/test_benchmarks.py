@@ -140,7 +140,7 @@ def test_criteria_curves_quick_run_prunes_every_variant_to_the_target(tmp_path):
             assert regularised[key] == same[key], key
     # ... and alone, with --only.
     only_out = tmp_path / "curves_only.md"
-    run_quick("criteria_curves.py", only_out, "--only", "random", "--only", "APoZ")
+    run_quick("criteria_curves.py", only_out, "--jobs", "2", "--only", "random", "--only", "APoZ")
     only_seeds = json.loads(only_out.with_suffix(".json").read_text())["seeds"]
     for seed, only_seed in zip(seeds, only_seeds):
         assert list(only_seed) == ["APoZ", "random"]  # in the table's order
