@@ -507,3 +507,16 @@ def test_a_layer_whose_output_never_reaches_its_relu_records_its_own_from_then_o
     assert not model[1].records_after_activation
     assert model[1].examples_seen == 5
     torch.testing.assert_close(model[1].taylor_estimates, expected["1"])
+
+
+def test_a_graph_made_with_create_graph_and_dropped_leaves_plain_numbers():
+    """The estimate of a forward is finished when its graph goes, here in Python code with
+    gradients enabled: what the backward recorded must carry no graph of its own."""
+    _, model, _ = converted()
+    x = batch()[0].requires_grad_()
+    out = model(x)
+    input_grad = torch.autograd.grad(out.sum(), x, create_graph=True)
+    del out, input_grad
+    layer = model.get_submodule(ESTIMATORS[0])
+    assert layer.examples_seen == 5
+    assert not layer._taylor_sum.requires_grad
