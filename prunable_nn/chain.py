@@ -70,19 +70,24 @@ class Member:
 
     def keep(self, keep: torch.Tensor, optimizer: Optimizers, copies: Sequence[nn.Module] = ()) -> None:
         """Keep positions ``keep`` of the layer, and of its counterpart in each of ``copies``
-        of the model (:mod:`prunable_nn.copies`)."""
-        for layer in (self.layer, *counterparts(copies, self.layer.name_in_model)):
-            if isinstance(layer, PrunableLayer):
-                if self.role == OUTPUT:
-                    layer._keep_outputs(keep, optimizer)
-                else:
-                    layer._keep_inputs(keep, optimizer, 1)
-            elif self.role == OUTPUT:  # a plain layer of a copy made before the pruner
-                self.layer.kind.keep_outputs(layer, keep, None)
-            else:
-                self.layer.kind.keep_inputs(layer, keep, None, 1)
-            optimizer = None  # a copy has no optimizer
+        of the model (:mod:`prunable_nn.copies`), which no optimizer holds."""
+        self._keep_on(self.layer, keep, optimizer)
+        for layer in counterparts(copies, self.layer.name_in_model):
+            self._keep_on(layer, keep, None)
         self.units = self.units[keep]
+
+    def _keep_on(self, layer: nn.Module, keep: torch.Tensor, optimizer: Optimizers) -> None:
+        """Keep positions ``keep`` of ``layer``: a prunable twin, or the plain layer of a copy
+        made before the pruner, sliced by this member's kind."""
+        if isinstance(layer, PrunableLayer):
+            if self.role == OUTPUT:
+                layer._keep_outputs(keep, optimizer)
+            else:
+                layer._keep_inputs(keep, optimizer, 1)
+        elif self.role == OUTPUT:
+            self.layer.kind.keep_outputs(layer, keep, optimizer)
+        else:
+            self.layer.kind.keep_inputs(layer, keep, optimizer, 1)
 
 
 @dataclass(eq=False)

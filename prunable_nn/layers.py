@@ -115,8 +115,11 @@ class PrunableLayer(TaylorEstimates):
 
     # -- removal -----------------------------------------------------------------------------
     def drop_output(self, indices: Indices, optimizer: Optimizers = None) -> None:
-        """Remove output channels ``indices``; with ``optimizer``, slice its state too."""
-        self._keep_outputs(self._output_keep(indices), optimizer)
+        """Remove output channels ``indices``; with ``optimizer`` (one or several), slice
+        their state too."""
+        keep = self._output_keep(indices)
+        check_optimizers(optimizer, self.parameters(), self.describe())
+        self._keep_outputs(keep, optimizer)
 
     def drop_input(
         self,
@@ -127,6 +130,7 @@ class PrunableLayer(TaylorEstimates):
         """Remove input channels ``indices``. A layer fed by a flattened ``(C, H, W)`` map
         owns ``features_per_channel = H * W`` consecutive inputs per channel."""
         keep = self._input_keep(indices, features_per_channel)
+        check_optimizers(optimizer, self.parameters(), self.describe())
         self._keep_inputs(keep, optimizer, features_per_channel)
 
     def _output_keep(self, indices: Indices) -> torch.Tensor:
@@ -150,7 +154,6 @@ class PrunableLayer(TaylorEstimates):
 
     def _keep_outputs(self, keep: torch.Tensor, optimizer: Optimizers) -> None:
         self.kind.check_outputs(self, keep, self.describe())  # the apply half refuses too, before any change
-        check_optimizers(optimizer, self.parameters(), self.describe())
         self.kind.keep_outputs(self, keep, optimizer)
         self._shrink_estimates(keep)
 
@@ -158,7 +161,6 @@ class PrunableLayer(TaylorEstimates):
         self, keep: torch.Tensor, optimizer: Optimizers, features_per_channel: int
     ) -> None:
         self.kind.check_inputs(self, keep, self.describe())
-        check_optimizers(optimizer, self.parameters(), self.describe())
         owned = self.kind.owns_channels(self)  # (a depthwise convolution left with one channel no longer is)
         self.kind.keep_inputs(self, keep, optimizer, features_per_channel)
         if owned:
