@@ -39,7 +39,7 @@ from .loop import (
 )
 from .module import PrunableModule
 from .pruner import Removal, TaylorPruner
-from .taylor import no_estimates
+from .recording import no_estimates
 from .training import evaluate, train_epoch, train_steps
 
 __all__ = [

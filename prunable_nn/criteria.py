@@ -6,7 +6,7 @@ them into units and subtracts the FLOPs penalty (:mod:`prunable_nn.ranking`). Hi
 more important: the lowest units go first.
 
 *Statistics* are recorded by the estimator layers (those whose outputs the readers see,
-:mod:`prunable_nn.graph`) from every forward that a gradient reaches (:mod:`prunable_nn.taylor`),
+:mod:`prunable_nn.graph`) from every forward that a gradient reaches (:mod:`prunable_nn.recording`),
 per example ``n`` and channel ``k`` over the ``M`` positions ``m`` of the channel's map ``a``,
 and averaged over the examples seen since the last prune (Molchanov et al. 2017, sec. 2.2 and 2.3):
 

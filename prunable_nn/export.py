@@ -10,7 +10,7 @@ from torch import nn
 
 from .layers import PrunableLayer
 from .pruner import TaylorPruner
-from .taylor import strip_record_hooks
+from .recording import strip_record_hooks
 
 
 def to_torch(model: nn.Module) -> nn.Module:

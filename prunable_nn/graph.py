@@ -67,7 +67,7 @@ from .ops import (
     SPLITTING,
     spatial_dims,
 )
-from .taylor import HOMOGENEOUS_ACTIVATIONS
+from .recording import HOMOGENEOUS_ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class ChannelFlow:
     tied position by position. ``out_of_place`` lists the in-place activation modules to
     make out of place (see the module docstring). ``records_after`` maps an estimator called
     once whose output only a ReLU module reads to that ReLU, which records for it
-    (:class:`~prunable_nn.taylor.RecordAfter`).
+    (:class:`~prunable_nn.recording.RecordAfter`).
     """
 
     spaces: list[Space] = field(default_factory=list)

@@ -29,7 +29,7 @@ from .channels import keep_indices
 from .kinds import CONV, CONV_TRANSPOSE, GROUP_NORM, LINEAR, NORM, LayerKind, register_layer
 from .kinds.conv import is_depthwise
 from .surgery import Optimizers, check_optimizers, check_resizable
-from .taylor import TaylorEstimates
+from .estimator import TaylorEstimates
 
 Indices = Iterable[int] | torch.Tensor
 Layer = TypeVar("Layer", bound="PrunableLayer")

@@ -31,7 +31,7 @@ from .kinds import kind_of, refusal
 from .layers import PrunableLayer
 from .ranking import l2_normalise, lowest_blocks, reaching, relative_costs
 from .surgery import Optimizers
-from .taylor import record_after
+from .recording import record_after
 from .trace import trace
 
 
@@ -132,7 +132,7 @@ class TaylorPruner:
             if layer in estimating:
                 readers.setdefault(activation, []).append(layer)
         for activation, feeding in readers.items():
-            record_after(activation, feeding)  # costs no memory (prunable_nn.taylor)
+            record_after(activation, feeding)  # costs no memory (prunable_nn.recording)
         self.grad_scaler = grad_scaler
 
     @property

@@ -1,0 +1,151 @@
+"""Training a ``torch.compile``'d model: the recording is part of one graph (no graph break,
+``fullgraph=True`` works), the estimates are the eager ones, the loss scale, non-finite
+batches and ``no_estimates`` are handled when the backward runs, and a prune recompiles.
+
+``aot_eager`` runs dynamo and AOTAutograd, where the recording meets the compiler, without
+a C++ toolchain; inductor (which fuses and may drop or reorder operations) runs where one
+is installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from loops import ESTIMATORS, assert_estimates, batch, converted, expected_estimates, float_model, reference_run, scaled_steps
+from nets import one_torch_thread  # noqa: F401 (fixture)
+from prunable_nn import TaylorPruner, no_estimates
+
+BACKENDS = [
+    "aot_eager",
+    pytest.param(
+        "inductor", marks=pytest.mark.skipif(shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+    ),
+]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles for itself, within dynamo's recompile limits."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def compiled(model: torch.nn.Module, backend: str = "aot_eager", **options) -> torch.nn.Module:
+    return torch.compile(model, backend=backend, fullgraph=True, **options)
+
+
+def test_a_training_step_of_a_converted_model_is_one_graph():
+    """The pruner's model records after its ReLUs (forward hooks) and at its layers: dynamo
+    sees it all in one graph, as it does the plain model."""
+    reference, model, _ = converted()
+    x, y = batch()
+
+    def step(net, x, y):
+        return F.cross_entropy(net(x), y)
+
+    for net in (reference, model):
+        explanation = torch._dynamo.explain(step)(net, x, y)
+        assert explanation.graph_count == 1 and not explanation.break_reasons, explanation.break_reasons
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_compiled_model_records_the_eager_estimates_and_recompiles_after_a_prune(backend):
+    reference, model, pruner = converted()
+    eager = copy.deepcopy(reference)
+    eager_pruner = TaylorPruner(eager, batch()[0])
+    net = compiled(model, backend)
+    for round_ in range(2):
+        x, y = batch(seed=round_)
+        F.cross_entropy(net(x), y).backward()
+        F.cross_entropy(eager(x), y).backward()
+        for name in ESTIMATORS:
+            layer, expected = model.get_submodule(name), eager.get_submodule(name)
+            assert layer.examples_seen == expected.examples_seen == 5
+            torch.testing.assert_close(layer.taylor_estimates, expected.taylor_estimates, rtol=1e-6, atol=1e-9)
+        pruner.prune(3)
+        eager_pruner.prune(3)
+        assert [chain.num_channels for chain in pruner.chains] == [chain.num_channels for chain in eager_pruner.chains]
+
+
+def test_each_compiled_forward_of_one_loss_counts():
+    """Two views through the model in one loss (a siamese step): both forwards count."""
+    reference, model, _ = converted()
+    x, y = batch()
+    views, expected = (x, x.flip(3)), []
+    for view in views:
+        out, _, outputs, acts = reference_run(copy.deepcopy(reference), view)
+        expected.append(expected_estimates(outputs, torch.autograd.grad(F.cross_entropy(out, y), acts)))
+    net = compiled(model)
+    (F.cross_entropy(net(views[0]), y) + F.cross_entropy(net(views[1]), y)).backward()
+    assert_estimates(model, {name: (expected[0][name] + expected[1][name]) / 2 for name in ESTIMATORS}, examples=10)
+
+
+@pytest.mark.parametrize("excluded", [False, True])
+def test_a_compiled_saliency_pass_counts_as_a_batch_of_its_own_unless_excluded(excluded):
+    reference, model, _ = converted()
+    x, y = batch()
+    out, _, outputs, acts = reference_run(reference, x)
+    saliency = expected_estimates(outputs, torch.autograd.grad(out.max(dim=1).values.sum(), acts, retain_graph=True))
+    loss = expected_estimates(outputs, torch.autograd.grad(F.cross_entropy(out, y), acts))
+
+    xm = x.clone().requires_grad_()
+    out = compiled(model)(xm)
+    with no_estimates() if excluded else torch.enable_grad():
+        torch.autograd.grad(out.max(dim=1).values.sum(), xm, retain_graph=True)
+    F.cross_entropy(out, y).backward()
+    if excluded:
+        assert_estimates(model, loss, examples=5)
+    else:
+        assert_estimates(model, {name: (saliency[name] + loss[name]) / 2 for name in ESTIMATORS}, examples=10)
+
+
+def test_compiled_estimates_do_not_depend_on_the_loss_scale():
+    """The scale is read when the backward runs: a fresh scaler (no scale tensor yet when
+    the graph is traced) and a backoff between the steps are both divided out."""
+    estimates = []
+    for scale in (2.0**4, 2.0**12):
+        model, pruner = float_model()
+        pruner.grad_scaler = torch.amp.GradScaler("cpu", init_scale=scale, backoff_factor=0.25, growth_interval=1)
+        scales = scaled_steps(compiled(model), pruner.grad_scaler, [(*batch(seed=0), 1.0), (*batch(seed=1), 1.0)])
+        assert scales == [scale, 2 * scale]
+        estimates.append([model.get_submodule(name).taylor_estimates for name in ESTIMATORS])
+    for low, high in zip(*estimates):
+        torch.testing.assert_close(low, high)
+
+
+def test_a_compiled_overflowed_batch_is_skipped_and_counted():
+    model, pruner = float_model()
+    pruner.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    clean, clean_pruner = float_model()
+    clean_pruner.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    scaled_steps(compiled(model), pruner.grad_scaler, [(*batch(seed=0), 1.0), (*batch(seed=1), float("inf"))])
+    scaled_steps(clean, clean_pruner.grad_scaler, [(*batch(seed=0), 1.0)])
+    for name in ESTIMATORS:
+        layer = model.get_submodule(name)
+        assert layer.batches_skipped == 1 and layer.examples_seen == 5, name
+        torch.testing.assert_close(layer.taylor_estimates, clean.get_submodule(name).taylor_estimates, msg=name)
+
+
+def test_a_compiled_copy_records_for_itself():
+    _, model, _ = converted()
+    twin = copy.deepcopy(model)
+    x, y = batch()
+    F.cross_entropy(compiled(twin)(x), y).backward()
+    for name in ESTIMATORS:
+        assert model.get_submodule(name).taylor_estimates is None
+        assert twin.get_submodule(name).examples_seen == 5
+
+
+def test_a_model_compiled_for_dynamic_shapes_counts_every_batch_size():
+    _, model, _ = converted()
+    net = compiled(model, dynamic=True)
+    for size in (5, 3, 7):
+        x, y = batch(size)
+        F.cross_entropy(net(x), y).backward()
+    assert [model.get_submodule(name).examples_seen for name in ESTIMATORS] == [15, 15]
