@@ -250,12 +250,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print()
     print("time(prunable) / time(plain), one ratio per alternated pair")
     print(
-        f"{'mode':<6} {'median':>7} {'IQR (q1-q3)':>17} {'95% CI median':>17} {'pairs':>6} "
+        f"{'mode':<8} {'median':>7} {'IQR (q1-q3)':>17} {'95% CI median':>17} {'pairs':>6} "
         f"{'fastest':>7} {'ms P':>8} {'ms plain':>8} {'target':>7}  met"
     )
     for mode, r in results.items():
         print(
-            f"{mode:<6} {r['median_ratio']:7.4f} {r['q1']:8.4f}-{r['q3']:<8.4f} "
+            f"{mode:<8} {r['median_ratio']:7.4f} {r['q1']:8.4f}-{r['q3']:<8.4f} "
             f"{r['ci95_median'][0]:8.4f}-{r['ci95_median'][1]:<8.4f} {r['pairs']:6d} "
             f"{r['fastest_ratio']:7.4f} {r['median_ms_prunable']:8.2f} {r['median_ms_plain']:8.2f} "
             f"{r['target']:7.2f}  {'yes' if r['target_met'] else 'NO'}"

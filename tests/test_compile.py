@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from loops import ESTIMATORS, assert_estimates, batch, converted, expected_estimates, float_model, reference_run, scaled_steps
 from nets import one_torch_thread  # noqa: F401 (fixture)
-from prunable_nn import TaylorPruner, no_estimates
+from prunable_nn import APoZ, ActivationMean, ActivationStd, Taylor, TaylorPruner, no_estimates
 
 BACKENDS = [
     "aot_eager",
@@ -71,6 +71,23 @@ def test_a_compiled_model_records_the_eager_estimates_and_recompiles_after_a_pru
         pruner.prune(3)
         eager_pruner.prune(3)
         assert [chain.num_channels for chain in pruner.chains] == [chain.num_channels for chain in eager_pruner.chains]
+
+
+@pytest.mark.parametrize("criterion", [Taylor(), ActivationMean(), ActivationStd(), APoZ()], ids=repr)
+def test_every_recorded_statistic_compiles_to_its_eager_numbers(criterion):
+    reference, model, _ = converted()
+    eager = copy.deepcopy(reference)
+    TaylorPruner(model, batch()[0], criterion=criterion)
+    TaylorPruner(eager, batch()[0], criterion=criterion)
+    net = compiled(model)
+    for seed in range(2):
+        x, y = batch(seed=seed)
+        F.cross_entropy(net(x), y).backward()
+        F.cross_entropy(eager(x), y).backward()
+    for name in ESTIMATORS:
+        layer, expected = model.get_submodule(name), eager.get_submodule(name)
+        assert layer.examples_seen == expected.examples_seen == 10
+        torch.testing.assert_close(layer.taylor_estimates, expected.taylor_estimates)
 
 
 def test_each_compiled_forward_of_one_loss_counts():
@@ -149,3 +166,18 @@ def test_a_model_compiled_for_dynamic_shapes_counts_every_batch_size():
         x, y = batch(size)
         F.cross_entropy(net(x), y).backward()
     assert [model.get_submodule(name).examples_seen for name in ESTIMATORS] == [15, 15]
+
+
+def test_a_compiled_model_goes_on_through_more_prunes_than_dynamo_keeps_versions_of_a_graph():
+    """Each prune changes the parameters' shapes, which dynamo holds static: a version per
+    round, and ``fullgraph=True`` fails once ``recompile_limit`` (8) is reached. With
+    parameter shapes dynamic, as the README advises for long loops, the rounds share graphs."""
+    _, model, pruner = converted()
+    net = compiled(model)
+    rounds = torch._dynamo.config.recompile_limit + 4
+    with torch._dynamo.config.patch(force_parameter_static_shapes=False):
+        for round_ in range(rounds):
+            F.cross_entropy(net(batch(seed=round_)[0]), batch(seed=round_)[1]).backward()
+            assert [model.get_submodule(name).examples_seen for name in ESTIMATORS] == [5, 5]
+            pruner.prune(1)
+    assert sum(chain.num_channels for chain in pruner.chains) == 14 - rounds

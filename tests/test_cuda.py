@@ -1,4 +1,4 @@
-"""The training loops of :mod:`test_training_loops` on a GPU: estimates, a prune with the
+"""The training loops of :mod:`test_training_loops` and :mod:`test_compile` on a GPU: estimates, a prune with the
 optimizer's state, float16 and bfloat16 autocast with a ``GradScaler``, ``torch.compile``
 and DDP over NCCL. Skipped without CUDA."""
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from prunable_nn import TaylorPruner, rewrap
-from test_training_loops import ESTIMATORS, batch, plain_model
+from loops import ESTIMATORS, batch, plain_model
 
 pytestmark = [
     pytest.mark.cuda,
@@ -78,13 +78,31 @@ def test_a_compiled_model_trains_prunes_and_recompiles():
     torch._dynamo.reset()
     model, pruner = on(CUDA)
     eager = copy.deepcopy(model)
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, fullgraph=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     step(compiled, optimizer, 0)
     F.cross_entropy(eager(batch()[0].to(CUDA)), batch()[1].to(CUDA)).backward()
     torch.testing.assert_close(model[1].taylor_estimates, eager[1].taylor_estimates, rtol=1e-3, atol=1e-7)
     pruner.prune(4, optimizer)
     step(compiled, optimizer, 1)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_compiled_model_under_autocast_gives_estimates_free_of_the_scale(dtype):
+    torch._dynamo.reset()
+    estimates = []
+    for scale in (2.0**8, 2.0**14):
+        model, pruner = on(CUDA)
+        pruner.grad_scaler = torch.amp.GradScaler("cuda", init_scale=scale)
+        compiled = torch.compile(model, fullgraph=True)
+        x, y = batch()
+        with torch.autocast("cuda", dtype=dtype):
+            loss = F.cross_entropy(compiled(x.to(CUDA)), y.to(CUDA))
+        pruner.grad_scaler.scale(loss).backward()
+        estimates.append(model[1].taylor_estimates)
+    assert torch.isfinite(estimates[0]).all()
+    torch.testing.assert_close(estimates[0], estimates[1], rtol=1e-2, atol=1e-6)
     torch._dynamo.reset()
 
 
