@@ -22,7 +22,7 @@ splits and slices whose sizes are written out, normalisation across channels, la
 they are, modules that could not be traced), or are combined with a fixed per-channel tensor
 are frozen, with the reason. Removing a set of tied labels
 from every layer that owns or reads them computes what the unpruned model computes with
-those channels zeroed at the readers' inputs (DESIGN.md, rule 1).
+those channels zeroed at the readers' inputs (DESIGN.md rule 1).
 
 The estimators are the prunable layers whose outputs the readers see: walking back from each
 reader's input through the operations that carry labels, the first prunable layer met. When
@@ -56,7 +56,6 @@ from .ops import (
     COMBINING_FUNCTIONS,
     COMBINING_METHODS,
     CONCATENATING_FUNCTIONS,
-    ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
     ELEMENTWISE_MODULES,
     INPLACE_SAFE_FUNCTIONS,
@@ -65,6 +64,7 @@ from .ops import (
     REDUCING_FUNCTIONS,
     REDUCING_METHODS,
     SPLITTING,
+    is_elementwise_function,
     spatial_dims,
 )
 from .recording import HOMOGENEOUS_ACTIVATIONS
@@ -268,7 +268,7 @@ class _Walk:
             return self._concatenate(node)
         if channels is None:
             return self._unknown(node, what)
-        if function in ELEMENTWISE_FUNCTIONS or method in ELEMENTWISE_METHODS:
+        if is_elementwise_function(function) or method in ELEMENTWISE_METHODS:
             if node.kwargs.get("inplace", False) and function not in INPLACE_SAFE_FUNCTIONS:
                 return self._unknown(node, f"{what} in place")
             if any(_shape(operand) is not None for operand in (*node.args[1:], *node.kwargs.values())):

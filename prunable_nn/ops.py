@@ -22,7 +22,6 @@ import operator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import stochastic_depth
 
 ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -48,8 +47,10 @@ ELEMENTWISE_FUNCTIONS = {
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
     F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.dropout,
     torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.abs, torch.neg, torch.clamp,
-    operator.neg, stochastic_depth,
+    operator.neg,
 }
+#: Element-wise functions of other libraries, by dotted name: neither library is imported.
+ELEMENTWISE_FUNCTION_NAMES = {"torchvision.ops.stochastic_depth.stochastic_depth"}
 INPLACE_SAFE_FUNCTIONS = {F.relu, F.relu6, F.hardtanh}
 SPATIAL_FUNCTIONS: dict[object, int] = {
     **dict.fromkeys((F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d, F.dropout1d), 1),
@@ -84,3 +85,15 @@ def spatial_dims(module_or_function: object) -> int | None:
                 return SPATIAL_MODULES[cls]
         return None
     return SPATIAL_FUNCTIONS.get(module_or_function)
+
+
+def is_elementwise_function(function: object) -> bool:
+    """Whether ``function`` is one of :data:`ELEMENTWISE_FUNCTIONS` or
+    :data:`ELEMENTWISE_FUNCTION_NAMES`."""
+    try:
+        if function in ELEMENTWISE_FUNCTIONS:
+            return True
+    except TypeError:  # not hashable
+        return False
+    name = f"{getattr(function, '__module__', None)}.{getattr(function, '__qualname__', None)}"
+    return name in ELEMENTWISE_FUNCTION_NAMES

@@ -36,11 +36,11 @@ from .ops import (
     COMBINING_FUNCTIONS,
     COMBINING_METHODS,
     CONCATENATING_FUNCTIONS,
-    ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
     ELEMENTWISE_MODULES,
     REDUCING_METHODS,
     SPLITTING,
+    is_elementwise_function,
 )
 
 #: Element-wise ops of two values whose result the broadcasting rule gives (torch's meta
@@ -189,7 +189,7 @@ class ShapeInterpreter(fx.Interpreter):
         return torch.func.functional_call(module, tensors, args, kwargs)
 
     def call_function(self, target: object, args: tuple, kwargs: dict) -> object:
-        if self.on_meta and target in ELEMENTWISE_FUNCTIONS:
+        if self.on_meta and is_elementwise_function(target):
             return meta_empty(args[0])
         if self.on_meta and target in OUT_OF_PLACE_COMBINING_FUNCTIONS and not kwargs:
             shortcut = _combined(*args)

@@ -1,6 +1,6 @@
 """Helpers of the model-level tests: random small networks, estimate passes that leave the
 model's weights and statistics alone, snapshots for "nothing changed" checks, and the masked
-reference of DESIGN.md's physics rule 1 (removing a channel = zeroing it at the consumers'
+reference of DESIGN.md rule 1 (removing a channel = zeroing it at the consumers'
 inputs)."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import copy
 import math
 from collections.abc import Iterable
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
@@ -19,16 +18,6 @@ from prunable_nn import Chain, PBatchNorm2d, PConv2d, PLinear, PrunableLayer, Ta
 from zoo import tensors_of
 
 SIZE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run a test module on one torch thread: the tensors are tiny, and a second thread on a
-    busy two-core machine makes each convolution up to a hundred times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- random architectures ---------------------------------------------------------------------
@@ -145,7 +134,7 @@ def assert_same_snapshot(before: dict, after: dict) -> None:
         assert torch.equal(new, old)
 
 
-# -- physics rule 1 ---------------------------------------------------------------------------
+# -- DESIGN.md rule 1 --------------------------------------------------------------------------
 def chain_readers(pruner: TaylorPruner) -> dict[str, list[tuple[str, int]]]:
     """For each chain name, its consumers as ``(layer name, features per channel)``."""
     return {
@@ -236,7 +225,7 @@ def assert_shapes_follow_sizes(model: nn.Module) -> None:
                 assert tuple(layer.bias.shape) == (layer.out_features,), name
 
 
-# -- physics rule 1 from what prune() reports ---------------------------------------------------
+# -- DESIGN.md rule 1 from what prune() reports -------------------------------------------------
 def zero_removed_inputs(reference: nn.Module, removals) -> list[torch.utils.hooks.RemovableHandle]:
     """Forward pre-hooks on ``reference`` (a copy of the model just before ``prune()``) that
     zero, at every reader's input, the channels (``PLinear``: features) that the removals

@@ -19,7 +19,6 @@ from torch import nn
 from models import VGG, DigitsNet
 from nets import (
     conv_nets,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     random_batch,
     train,
 )

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from loops import ESTIMATORS, assert_estimates, batch, converted, expected_estimates, float_model, reference_run, scaled_steps
-from nets import one_torch_thread  # noqa: F401 (fixture)
 from prunable_nn import APoZ, ActivationMean, ActivationStd, Taylor, TaylorPruner, no_estimates
 
 BACKENDS = [

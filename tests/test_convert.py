@@ -9,7 +9,6 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from prunable_nn import PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner, convert
-from nets import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 class ScaledConv(nn.Conv2d):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from nets import accumulate_estimates, conv_nets, one_torch_thread, random_batch  # noqa: F401 (fixture)
+from nets import accumulate_estimates, conv_nets, random_batch
 from prunable_nn import PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner
 from prunable_nn.criteria import (
     APoZ, ActivationMean, ActivationStd, MinWeight, Oracle, RandomScores, Taylor,

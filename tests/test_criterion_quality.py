@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 from torch import nn
 
-from nets import chain_readers, one_torch_thread, zero_inputs  # noqa: F401 (fixture)
+from nets import chain_readers, zero_inputs
 from prunable_nn import PBatchNorm2d, PConv2d, PLinear, TaylorPruner
 
 SEEDS = (0, 1, 2)

@@ -19,7 +19,6 @@ from nets import (
     SIZE_ATTRIBUTES,
     assert_same_snapshot,
     conv_nets,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     snapshot,
 )
 from prunable_nn import PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner, to_torch

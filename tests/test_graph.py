@@ -18,7 +18,6 @@ from torch import nn
 
 from nets import (
     logits,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
 )
 from prunable_nn import PLinear, PrunableLayer, TaylorPruner

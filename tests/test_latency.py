@@ -7,7 +7,6 @@ import itertools
 
 import pytest
 import torch
-from nets import one_torch_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 from prunable_nn.latency import compare_latency, measure_latency, torch_threads

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from nets import (
     accumulate_estimates,
     assert_same_snapshot,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     snapshot,
     train,
 )

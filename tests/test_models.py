@@ -13,7 +13,6 @@ from nets import (
     assert_matches_masked_reference,
     assert_shapes_follow_sizes,
     chain_readers,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     set_estimates,
 )
 from prunable_nn import TaylorPruner, count_flops, count_parameters

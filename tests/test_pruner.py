@@ -1,5 +1,5 @@
 """Model-level tests of TaylorPruner: chain discovery, global ranking, atomic removal,
-optimizer surgery, and the physics rule "removal = masking" on random architectures."""
+optimizer surgery, and the "removal equals masking" (DESIGN.md rule 1) on random architectures."""
 
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from nets import (
     chain_readers,
     conv_nets,
     layer_parameter_count,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     random_batch,
     set_estimates,
     snapshot,
@@ -154,7 +153,7 @@ def lowest_by_hand(scores: list[torch.Tensor], count: int) -> dict[int, list[int
     return {chain: sorted(channels) for chain, channels in chosen.items()}
 
 
-# -- physics rule 1 on random architectures ---------------------------------------------------
+# -- DESIGN.md rule 1 on random architectures --------------------------------------------------
 @PROPERTY_SETTINGS
 @given(net=conv_nets(), data=st.data())
 def test_prune_equals_masking_on_random_architectures(net, data):

@@ -19,7 +19,6 @@ from nets import (
     assert_same_snapshot,
     chain_readers,
     conv_nets,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     random_batch,
     set_estimates,
     snapshot,

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from nets import (
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
     prune_rounds_and_check_masking,
     training_loss,

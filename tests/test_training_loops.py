@@ -23,7 +23,7 @@ from loops import (
     DOUBLE, ESTIMATORS, assert_estimates, batch, converted, expected_estimates, float_model, plain_model, reference_run,
     scaled_steps,
 )
-from nets import assert_same_snapshot, one_torch_thread, snapshot  # noqa: F401 (fixture)
+from nets import assert_same_snapshot, snapshot
 from prunable_nn import TaylorPruner, check_in_step, no_estimates
 
 

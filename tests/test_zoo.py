@@ -16,7 +16,6 @@ from prunable_nn.trace import PrunableTracer, ShapeInterpreter
 from nets import (
     assert_shapes_follow_sizes,
     logits,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     prune_and_check_masking,
     prune_rounds_and_check_masking,
 )
