@@ -27,13 +27,14 @@ $(FASHION_MNIST):
 	fi
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 demo: $(STAMP) $(FASHION_MNIST)
 	$(PY) -m prunable_nn demo
 
 bench: $(STAMP) $(FASHION_MNIST)
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/import_time.py
 	$(PY) benchmarks/memory.py --out benchmarks/results/memory.md
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/coverage.py

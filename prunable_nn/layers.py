@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .channels import keep_indices
+from .compat import module_without_init
 from .kinds import CONV, CONV_TRANSPOSE, GROUP_NORM, LINEAR, NORM, LayerKind, register_layer
 from .kinds.conv import is_depthwise
 from .surgery import Optimizers, check_optimizers, check_resizable
@@ -76,9 +77,8 @@ class PrunableLayer(TaylorEstimates):
                 f"{cls.__name__}.from_module expects an {cls.torch_class.__module__}."
                 f"{cls.torch_class.__name__}, got {type(module).__name__}"
             )
-        twin = cls.__new__(cls)
-        twin.__dict__.update(
-            {key: value.copy() if isinstance(value, (dict, set)) else value for key, value in vars(module).items()}
+        twin = module_without_init(
+            cls, {key: value.copy() if isinstance(value, (dict, set)) else value for key, value in vars(module).items()}
         )
         twin._init_estimates()
         twin.name_in_model = ""
@@ -88,7 +88,7 @@ class PrunableLayer(TaylorEstimates):
         """A module of the plain class (``nn.Conv2d``, or timm's ``BatchNormAct2d``...) with
         the current shapes and a copy of everything else: weights, buffers, submodules,
         ``requires_grad`` and the training flag; not the estimates, ``.grad`` or hooks."""
-        plain = self.torch_class.__new__(self.torch_class)
+        plain = module_without_init(self.torch_class, {})
         memo = {id(self): plain}
         for key, value in vars(self).items():
             if key not in PRUNING_STATE and key not in _HOOKS:

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .compat import loss_scale, set_version
+
 if TYPE_CHECKING:
     from .estimator import TaylorEstimates
     from .taylor import Statistic
@@ -70,13 +72,6 @@ def no_estimates() -> Iterator[None]:
         yield
     finally:
         _excluding -= 1
-
-
-def loss_scale(scaler: torch.amp.GradScaler) -> torch.Tensor:
-    """The scale ``scaler`` multiplies the loss by now, as a tensor on its device (reading
-    it as a number would wait for the device)."""
-    scale = getattr(scaler, "_scale", None)
-    return torch.tensor(scaler.get_scale()) if scale is None else scale
 
 
 def unscaled(layer: TaylorEstimates, values: torch.Tensor, gradient_power: int) -> torch.Tensor:
@@ -151,7 +146,7 @@ def record_eagerly(layer: TaylorEstimates, output: torch.Tensor) -> torch.Tensor
         recorded = _Recorded.apply(output, slot)
     # Marked as changed in place, the output's version went up; its values did not change,
     # and an op that saved it (a ReLU inside timm's BatchNormAct2d) must still find it valid.
-    torch._C._autograd._unsafe_set_version_counter((recorded,), (version,))
+    set_version(recorded, version)
     slot[0] = weakref.ref(made[0])
     return recorded
 

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from .compat import forget_parameter_count, swap_tensor_identity
+
 #: What ``optimizer=`` of the pruning calls takes: one optimizer, several, or none.
 Optimizers = torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None
 
@@ -41,7 +43,7 @@ def shrink_parameter(param: nn.Parameter, dim: int, keep: torch.Tensor, optimize
     param.grad = None  # a live reference to the gradient would block the swap
     with torch.no_grad():
         shrunk = nn.Parameter(select(param, dim, keep), requires_grad=param.requires_grad)
-    _swap_tensor_identity(param, shrunk)
+    _swap_checked(param, shrunk)
     if grad is not None:
         param.grad = select(grad, dim, keep)
     for each in as_optimizers(optimizer):
@@ -90,10 +92,10 @@ def check_resizable(param: nn.Parameter, *, owner: str) -> None:
         raise RuntimeError(f"{owner}: cannot resize a parameter that has weak references to it")
 
 
-def _swap_tensor_identity(param: nn.Parameter, replacement: nn.Parameter) -> None:
+def _swap_checked(param: nn.Parameter, replacement: nn.Parameter) -> None:
     """Make ``param`` (same Python object, same attributes) hold ``replacement``'s tensor."""
     check_resizable(param, owner="parameter")
-    torch._C._swap_tensor_impl(param, replacement)
+    swap_tensor_identity(param, replacement)
 
 
 def shrink_buffer(tensor: torch.Tensor | None, dim: int, keep: torch.Tensor) -> torch.Tensor | None:
@@ -113,7 +115,7 @@ def _shrink_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, old_sha
                 stacklevel=2,
             )
             optimizer.state.clear()
-        optimizer._numel_cache = None  # LBFGS caches the number of parameter elements
+        forget_parameter_count(optimizer)
         return
     state = optimizer.state.get(param, {})
     for key, value in state.items():

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from .compat import innermost_traced_module
 from .flops import ExampleInputs, as_tuple
 from .kinds import kind_of
 from .kinds.base import meta_empty
@@ -128,7 +129,7 @@ def trace(model: nn.Module, example_inputs: ExampleInputs) -> tuple[fx.Graph, li
                 graph = tracer.trace(model)
                 break
             except Exception as error:  # fx raises many kinds for untraceable code
-                failing = _innermost_module(tracer)
+                failing = innermost_traced_module(tracer)
                 if not failing:
                     raise RuntimeError(
                         f"torch.fx cannot trace {type(model).__name__}.forward itself: "
@@ -268,10 +269,3 @@ def _fixed_arity(forward: Callable[..., object], count: int) -> Callable[..., ob
     namespace = {"forward": forward}
     exec(f"def fixed(self, {arguments}):\n    return forward(self, {arguments})\n", namespace)  # noqa: S102
     return namespace["fixed"]
-
-
-def _innermost_module(tracer: fx.Tracer) -> str:
-    """The qualified name of the innermost module being traced when tracing failed ("" for
-    the root): ``Tracer.call_module`` pushes onto ``module_stack`` and pops only on success."""
-    names = [name for name, _ in tracer.module_stack.values() if name]
-    return names[-1] if names else ""

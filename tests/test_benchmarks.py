@@ -10,6 +10,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.xdist_group("subprocesses")  # conftest.py
 
 
 def run_quick(script: str, out: Path, *options: str) -> subprocess.CompletedProcess:
@@ -32,6 +33,16 @@ def test_overhead_benchmark_quick_run_reports_every_ratio(tmp_path):
     for mode in ("train", "eval", "compiled"):
         assert results[mode]["pairs"] == 4
         assert results[mode]["median_ratio"] > 0
+
+
+def test_import_time_quick_run_compares_with_torch_and_loads_nothing_heavy(tmp_path):
+    out = tmp_path / "import_time.md"
+    run_quick("import_time.py", out)
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["pairs"] == 2 and result["median_prunable_nn_s"] > 0 and result["median_torch_s"] > 0
+    assert "prunable_nn" in result["modules_added"]
+    assert not {"torchvision", "matplotlib", "timm", "tqdm"} & set(result["modules_added"]), result["modules_added"]
+    assert "| import torch s |" in out.read_text()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads glibc's mallinfo2")

@@ -28,7 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from prunable_nn import rewrap
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo"),
+    pytest.mark.xdist_group("subprocesses"),  # conftest.py
+]
 
 WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
 ROOT = WORKER.parent.parent
