@@ -34,7 +34,7 @@ demo: $(STAMP) $(FASHION_MNIST)
 
 bench: $(STAMP) $(FASHION_MNIST)
 	$(PY) benchmarks/overhead.py
-	$(PY) benchmarks/import_time.py
+	$(PY) benchmarks/import_time.py --out benchmarks/results/import_time.md
 	$(PY) benchmarks/memory.py --out benchmarks/results/memory.md
 	$(PY) benchmarks/convert.py
 	$(PY) benchmarks/coverage.py
