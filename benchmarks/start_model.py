@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models import VGG  # noqa: E402
-from prunable_nn import data  # noqa: E402
+from prunable_nn.app import data  # noqa: E402
 from prunable_nn.training import endless, make_loader, train_steps  # noqa: E402
 
 IMAGE_SIZE = 28

@@ -5,7 +5,6 @@ from .checkpoint import load_pruned, save_pruned
 from .convert import convert
 from .copies import check_in_step
 from .criteria import APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor
-from .data import digits, fashion_mnist, mnist, read_idx
 from .distributed import DistributedPruningError, rewrap
 from .export import to_torch
 from .flops import count_flops, count_parameters
@@ -84,14 +83,10 @@ __all__ = [
     "convert",
     "count_flops",
     "count_parameters",
-    "digits",
     "evaluate",
-    "fashion_mnist",
     "load_pruned",
-    "mnist",
     "no_estimates",
     "prune_loop",
-    "read_idx",
     "register_layer",
     "rewrap",
     "save_pruned",

@@ -1,8 +1,8 @@
-"""``python -m prunable_nn demo``: see :mod:`prunable_nn.cli`."""
+"""``python -m prunable_nn demo``: see :mod:`prunable_nn.app.cli`."""
 
 import sys
 
-from .cli import main
+from .app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -167,8 +167,8 @@ def main() -> None:
     elif mode == "demo":
         from test_demo import band_images
 
-        from prunable_nn import demo as demo_module
-        from prunable_nn.demo import DemoConfig, run_demo
+        from prunable_nn.app import demo as demo_module
+        from prunable_nn.app.demo import DemoConfig, run_demo
 
         built: list[nn.Module] = []  # the demo's network, to compare the ranks' parameters
         build = demo_module.build_network

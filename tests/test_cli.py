@@ -18,8 +18,9 @@ import torch
 from idx_files import write_dataset
 
 from models import VGG
-from prunable_nn import TaylorPruner, cli, count_flops, count_parameters, load_pruned
-from prunable_nn.demo import HEADER, DemoConfig
+from prunable_nn import TaylorPruner, count_flops, count_parameters, load_pruned
+from prunable_nn.app import cli
+from prunable_nn.app.demo import HEADER, DemoConfig
 
 ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)%\s+([\d.]+)%\s+(-|[\d.]+)\s+\d+s$")
 LOAD = re.compile(r"^load it with: (load_pruned\(.*\))$", re.MULTILINE)

@@ -1,4 +1,4 @@
-"""prunable_nn.data: the IDX reader, the folder layouts, the errors, and the digits fixture."""
+"""prunable_nn.app.data: the IDX reader, the folder layouts, the errors, and the digits fixture."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from idx_files import IMAGES_MAGIC, LABELS_MAGIC, idx_bytes, write_dataset, write_idx
-from prunable_nn import data
+from prunable_nn.app import data
 
 LAYOUTS = {"debian": "", "torchvision": "FashionMNIST/raw", "torchvision-mnist": "MNIST/raw"}
 

@@ -10,8 +10,9 @@ import torch
 from idx_files import class_images
 from torch.utils.data import TensorDataset
 
-from prunable_nn import count_flops, count_parameters, demo, load_pruned, training
-from prunable_nn.demo import DemoConfig, run_demo
+from prunable_nn import count_flops, count_parameters, load_pruned, training
+from prunable_nn.app import demo
+from prunable_nn.app.demo import DemoConfig, run_demo
 from prunable_nn.latency import compare_latency
 
 

@@ -27,10 +27,10 @@ from prunable_nn import (
     TaylorPruner,
     count_flops,
     count_parameters,
-    data,
     evaluate,
     prune_loop,
 )
+from prunable_nn.app import data
 from prunable_nn.training import make_loader, train_epoch
 
 EXAMPLE = torch.zeros(1, 1, 8, 8)

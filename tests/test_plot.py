@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from prunable_nn.loop import History, Round
-from prunable_nn.plot import history_figure, plot_history
+from prunable_nn.app.plot import history_figure, plot_history
 
 
 def history() -> History:

@@ -7,8 +7,16 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from prunable_nn import PBatchNorm2d, PConv2d, PLinear, TaylorPruner, data
-from prunable_nn.training import endless, evaluate, make_loader, subset, train_epoch, train_steps
+from prunable_nn import PBatchNorm2d, PConv2d, PLinear, TaylorPruner
+from prunable_nn.app import data
+from prunable_nn.training import (
+    endless,
+    evaluate,
+    make_loader,
+    subset,
+    train_epoch,
+    train_steps,
+)
 
 
 @pytest.fixture(autouse=True)

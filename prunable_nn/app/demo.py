@@ -33,7 +33,7 @@
    ``history.png`` (accuracy and parameters against FLOPs).
 
 Under ``torchrun --nproc_per_node=N`` (an initialised process group of N ranks, see
-:mod:`prunable_nn.cli`) the same job runs data parallel: every rank trains the same network
+:mod:`prunable_nn.app.cli`) the same job runs data parallel: every rank trains the same network
 wrapped in ``DistributedDataParallel`` on its own shard of the training set (a
 ``DistributedSampler``: ``batch_size`` images per rank and step), the rounds prune the
 channels ranked by all ranks' estimates (:mod:`prunable_nn.distributed`), and the wrapper is
@@ -55,16 +55,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from . import data
-from .checkpoint import save_pruned
-from .distributed import is_distributed, rewrap
-from .export import to_torch
-from .flops import count_flops, count_parameters
-from .latency import compare_latency, torch_threads
-from .loop import FlopsTarget, History, Round, prune_loop
-from .module import PrunableModule
+from ..checkpoint import save_pruned
+from ..distributed import is_distributed, rewrap
+from ..export import to_torch
+from ..flops import count_flops, count_parameters
+from ..latency import compare_latency, torch_threads
+from ..loop import FlopsTarget, History, Round, prune_loop
+from ..module import PrunableModule
 from .plot import plot_history
-from .pruner import TaylorPruner
-from .training import endless, evaluate, make_loader, subset, train_epoch, train_steps
+from ..pruner import TaylorPruner
+from ..training import endless, evaluate, make_loader, subset, train_epoch, train_steps
 
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10

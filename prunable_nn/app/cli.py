@@ -1,12 +1,12 @@
 """The command line: ``prunable-nn demo`` (or ``python -m prunable_nn demo``).
 
-``demo`` runs :func:`prunable_nn.demo.run_demo`: a VGG-11 trained on Fashion-MNIST, pruned
+``demo`` runs :func:`prunable_nn.app.demo.run_demo`: a VGG-11 trained on Fashion-MNIST, pruned
 with fine-tuning to a FLOPs target, measured before and after, and written to a folder. The
 table and the summary go to stdout, progress bars to stderr.
 
 Under ``torchrun --nproc_per_node=N -m prunable_nn demo ...`` (``WORLD_SIZE`` > 1 in the
 environment) the demo joins a gloo process group of the N ranks and runs data parallel
-(:mod:`prunable_nn.demo`); only rank 0 prints and writes.
+(:mod:`prunable_nn.app.demo`); only rank 0 prints and writes.
 """
 
 from __future__ import annotations
