@@ -6,6 +6,7 @@ from .convert import convert
 from .copies import check_in_step
 from .criteria import APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor
 from .distributed import DistributedPruningError, rewrap
+from .estimator import EstimateTotals
 from .export import to_torch
 from .flops import count_flops, count_parameters
 from .kinds import LayerKind, register_layer
@@ -51,6 +52,7 @@ __all__ = [
     "Consumer",
     "Criterion",
     "DistributedPruningError",
+    "EstimateTotals",
     "FlopsTarget",
     "History",
     "MinWeight",

@@ -43,6 +43,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .estimator import EstimateTotals
+
 if TYPE_CHECKING:
     from .layers import PrunableLayer
 
@@ -110,25 +112,24 @@ def reduced_estimates(
         )
     parts = []
     for layer, size in zip(layers, sizes):
-        local = layer._taylor_sum
-        parts.append(torch.zeros(size, dtype=torch.float64, device=device) if local is None else local.to(device))
-        parts.append(torch.tensor([float(layer._taylor_count)], dtype=torch.float64, device=device))
+        local = layer.estimate_totals
+        parts.append(torch.zeros(size, dtype=torch.float64, device=device) if local.sums is None else local.sums.to(device))
+        parts.append(torch.tensor([float(local.examples)], dtype=torch.float64, device=device))
     flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
     _collective("prune(): the all-reduce of the estimates", lambda: dist.all_reduce(flat, group=group), group)
-    saved = [(layer._taylor_sum, layer._taylor_count) for layer in layers]
+    saved = [layer.estimate_totals for layer in layers]
     scale = float(world) ** gradient_power
     try:
         offset = 0
-        for layer, size in zip(layers, sizes):
+        for layer, own, size in zip(layers, saved, sizes):
             sums, count = flat[offset : offset + size], int(flat[offset + size].item())
             offset += size + 1
-            home = layer._taylor_sum.device if layer._taylor_sum is not None else device
-            layer._taylor_sum = (sums / scale).to(home) if count else None
-            layer._taylor_count = count
+            home = own.sums.device if own.sums is not None else device
+            layer.set_estimate_totals(EstimateTotals((sums / scale).to(home) if count else None, count, own.skipped))
         yield
     finally:
-        for layer, (sums, count) in zip(layers, saved):
-            layer._taylor_sum, layer._taylor_count = sums, count
+        for layer, own in zip(layers, saved):
+            layer.set_estimate_totals(own)
 
 
 def units_digest(units: Sequence[int], num_units: int) -> str:

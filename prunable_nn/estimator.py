@@ -9,11 +9,25 @@ The estimates are plain attributes of the layer, not buffers: they are not part 
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 
 import torch
 
 from . import recording
 from .taylor import TAYLOR
+
+
+@dataclass(frozen=True)
+class EstimateTotals:
+    """What a layer has recorded since its last reset: ``sums``, the per-channel sum of the
+    statistic over the examples (``(C,)`` float64, ``None`` before the first batch);
+    ``examples``, how many examples counted; ``skipped``, the batches left out because their
+    statistic was not finite. The estimate is ``sums / examples``. Counts may be 0-d tensors
+    on the device (reading them as numbers would wait for it)."""
+
+    sums: torch.Tensor | None
+    examples: torch.Tensor | int
+    skipped: torch.Tensor | int = 0
 
 
 class TaylorEstimates:
@@ -66,6 +80,21 @@ class TaylorEstimates:
     def batches_skipped(self) -> int:
         """Batches left out since the last reset because their statistic was not finite."""
         return int(self._batches_skipped)
+
+    @property
+    def estimate_totals(self) -> EstimateTotals:
+        """The running sums behind :attr:`taylor_estimates`."""
+        return EstimateTotals(self._taylor_sum, self._taylor_count, self._batches_skipped)
+
+    def set_estimate_totals(self, totals: EstimateTotals) -> None:
+        """Make ``totals`` this layer's running sums (an all-reduce's, a test's), after checking
+        that they have one sum per output channel."""
+        if totals.sums is not None and tuple(totals.sums.shape) != (self._num_estimated_channels(),):
+            raise ValueError(
+                f"{self.describe()}: estimate totals of shape {tuple(totals.sums.shape)} for "
+                f"{self._num_estimated_channels()} channels"
+            )
+        self._taylor_sum, self._taylor_count, self._batches_skipped = totals.sums, totals.examples, totals.skipped
 
     def reset_estimates(self) -> None:
         """Forget everything accumulated so far, and every forward not yet counted."""

@@ -67,11 +67,11 @@ def estimates(pruner: TaylorPruner) -> list[torch.Tensor]:
     """The estimates that prune() ranks: under a process group, those of all ranks."""
     layers = list(dict.fromkeys(member.layer for member in pruner.estimator_members))
     context = reduced_estimates(layers, pruner.criterion.statistic.gradient_power) if dist.is_initialized() else contextlib.nullcontext()
-    local = [(layer.examples_seen, layer._taylor_sum.clone()) for layer in layers]
+    local = [(layer.examples_seen, layer.estimate_totals.sums.clone()) for layer in layers]
     with context:
         ranked = [layer.taylor_estimates.clone() for layer in layers]
     for layer, (count, sums) in zip(layers, local):  # each layer holds its own sums and counts again
-        assert layer.examples_seen == count and torch.equal(layer._taylor_sum, sums), layer.name_in_model
+        assert layer.examples_seen == count and torch.equal(layer.estimate_totals.sums, sums), layer.name_in_model
     return ranked
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import nn
 
-from prunable_nn import Chain, PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner
+from prunable_nn import Chain, EstimateTotals, PBatchNorm2d, PConv2d, PLinear, PrunableLayer, TaylorPruner
 from zoo import tensors_of
 
 SIZE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features")
@@ -97,8 +97,7 @@ def accumulate_estimates(model: nn.Module, inputs, labels) -> None:
 def set_estimates(chain: Chain, values: Iterable[float]) -> None:
     """Make ``values`` the Taylor estimates of ``chain`` (as if one example had given them)."""
     (estimator,) = chain.estimators
-    estimator._taylor_sum = torch.as_tensor(list(values), dtype=torch.float64)
-    estimator._taylor_count = 1
+    estimator.set_estimate_totals(EstimateTotals(torch.as_tensor(list(values), dtype=torch.float64), examples=1))
 
 
 # -- "nothing changed" ------------------------------------------------------------------------

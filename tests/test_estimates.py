@@ -18,7 +18,7 @@ from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.testing import assert_close
 
-from prunable_nn import PBatchNorm2d, PConv2d, PLinear, TaylorPruner
+from prunable_nn import EstimateTotals, PBatchNorm2d, PConv2d, PLinear, TaylorPruner
 
 DOUBLE = torch.float64
 
@@ -327,3 +327,13 @@ def test_backward_through_a_graph_built_before_a_drop_leaves_the_estimates_consi
     train_backward(net, x, target)
     assert net.bn.examples_seen == 6
     assert_close(net.bn.taylor_estimates, (4 * before["bn"][keep] + 2 * expected["bn"].mean(0)) / 6)
+
+
+def test_estimate_totals_round_trip_and_refuse_the_wrong_number_of_channels():
+    layer = PBatchNorm2d(3)
+    layer.set_estimate_totals(EstimateTotals(torch.tensor([2.0, 4.0, 6.0], dtype=torch.float64), examples=2))
+    assert torch.equal(layer.taylor_estimates, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    assert layer.examples_seen == 2 and layer.estimate_totals.skipped == 0
+    with pytest.raises(ValueError, match=r"PBatchNorm2d.*shape \(2,\) for 3 channels"):
+        layer.set_estimate_totals(EstimateTotals(torch.zeros(2, dtype=torch.float64), examples=1))
+    assert layer.examples_seen == 2  # unchanged

@@ -73,7 +73,8 @@ def test_a_gradient_penalty_counts_both_passes_and_leaves_plain_numbers():
     assert_estimates(model, expected_estimates(outputs, first, second), examples=5)
     for name in ESTIMATORS:  # no autograd graph kept alive by the estimates
         layer = model.get_submodule(name)
-        assert not layer._taylor_sum.requires_grad and layer._taylor_sum.grad_fn is None
+        sums = layer.estimate_totals.sums
+        assert not sums.requires_grad and sums.grad_fn is None
 
 
 def test_a_forward_counts_once_whatever_the_number_of_passes():
@@ -419,4 +420,4 @@ def test_a_graph_made_with_create_graph_and_dropped_leaves_plain_numbers():
     del out, input_grad
     layer = model.get_submodule(ESTIMATORS[0])
     assert layer.examples_seen == 5
-    assert not layer._taylor_sum.requires_grad
+    assert not layer.estimate_totals.sums.requires_grad
