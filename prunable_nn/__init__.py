@@ -4,7 +4,16 @@ from .chain import Chain, Consumer
 from .checkpoint import load_pruned, save_pruned
 from .convert import convert
 from .copies import check_in_step
-from .criteria import APoZ, ActivationMean, ActivationStd, Criterion, MinWeight, Oracle, RandomScores, Taylor
+from .criteria import (
+    ActivationMean,
+    ActivationStd,
+    APoZ,
+    Criterion,
+    MinWeight,
+    Oracle,
+    RandomScores,
+    Taylor,
+)
 from .distributed import DistributedPruningError, rewrap
 from .estimator import EstimateTotals
 from .export import to_torch
@@ -27,7 +36,11 @@ from .layers import (
     PLinear,
     PrunableLayer,
 )
-from .loop import (
+from .loop import prune_loop
+from .module import PrunableModule
+from .pruner import Removal, TaylorPruner
+from .recording import no_estimates
+from .targets import (
     AccuracyDrop,
     ChannelsTarget,
     FlopsTarget,
@@ -35,11 +48,7 @@ from .loop import (
     ParamsTarget,
     Round,
     Target,
-    prune_loop,
 )
-from .module import PrunableModule
-from .pruner import Removal, TaylorPruner
-from .recording import no_estimates
 from .training import evaluate, train_epoch, train_steps
 
 __all__ = [

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .chain import ChannelMap, Member
+from .chain import Member
+from .channel_map import ChannelMap
 from .layers import PrunableLayer
 
 

@@ -10,16 +10,15 @@ changes, so an error leaves the model exactly as it was.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 from torch import nn
 
-from .chain import INPUT, Chain, ChannelMap, FrozenChain, Member
+from .chain import INPUT, Chain, FrozenChain, Member
+from .channel_map import ChannelMap
 from .convert import swap_in_twins, undo
 from .copies import check_in_step
 from .criteria import Criterion, Taylor
@@ -27,11 +26,11 @@ from .distributed import ProcessGroup, check_agreement, is_distributed, reduced_
 from .estimates import chains_without_estimates
 from .flops import ExampleInputs, flops_per_module
 from .graph import channel_flow
-from .kinds import kind_of, refusal
 from .layers import PrunableLayer
 from .ranking import l2_normalise, lowest_blocks, reaching, relative_costs
 from .surgery import Optimizers
 from .recording import record_after
+from .report import check_budget, pruner_report
 from .trace import trace
 
 
@@ -246,34 +245,7 @@ class TaylorPruner:
 
     def report(self) -> str:
         """The chains, their sizes and layers, and what cannot be removed and why."""
-        lines = [
-            f"TaylorPruner({type(self.model).__name__}: {len(self.chains)} chains, "
-            f"{self.num_prunables} prunable units"
-            + (f", removed in blocks of {self.round_to} per chain)" if self.round_to > 1 else ")")
-        ]
-        for chain in self.chains:
-            producers = ", ".join(layer.name_in_model for layer in chain.producers)
-            readers = ", ".join(consumer.layer.name_in_model for consumer in chain.consumers)
-            frozen = len(chain.frozen)
-            lines.append(
-                f"  {chain.name}: {chain.num_channels} channels; producers {producers}; read by {readers}"
-                + (f"; {frozen} frozen: {next(iter(chain.frozen.values()))}" if frozen else "")
-            )
-        for name, reason in self.skipped.items():
-            lines.append(f"  {name}: skipped by the last prune, {reason}")
-        for member in self._estimators:
-            skipped = member.layer.batches_skipped
-            if skipped:
-                batches = "batch" if skipped == 1 else "batches"
-                lines.append(f"  {member.layer.name_in_model}: {skipped} {batches} left out since the last prune, gradients not finite")
-        for frozen in self.frozen:
-            lines.append(f"  {frozen.name}: not prunable, {frozen.reason}")
-        for module in self.opaque:
-            lines.append(f"  {module.name}: kept whole, torch.fx cannot trace it ({module.error})")
-        for name, module in self.model.named_modules():
-            if kind_of(module) is not None and not isinstance(module, PrunableLayer):
-                lines.append(f"  {name}: {type(module).__name__} kept as it is, {refusal(module)}")
-        return "\n".join(lines)
+        return pruner_report(self)
 
     __repr__ = report
 
@@ -344,23 +316,6 @@ class TaylorPruner:
             original_indices=tuple(chain.original_channels[going].tolist()),
             inputs=inputs,
         )
-
-
-def check_budget(max_to_prune: int | None, flops: float | None, round_to: int = 1, *, flops_name: str = "flops") -> None:
-    """Raise ``ValueError`` naming the value unless ``max_to_prune`` is ``None`` or a positive
-    integer of at least ``round_to``, ``flops`` (called ``flops_name``) is ``None`` or
-    positive and finite, and one of them limits the removal."""
-    if max_to_prune is not None:
-        if isinstance(max_to_prune, bool) or not isinstance(max_to_prune, int) or max_to_prune < 1:
-            raise ValueError(f"max_to_prune must be a positive integer or None, got {max_to_prune!r}")
-        if max_to_prune < round_to:
-            raise ValueError(
-                f"max_to_prune ({max_to_prune}) must be at least round_to ({round_to}): channels go in blocks of round_to"
-            )
-    if flops is not None and (isinstance(flops, bool) or not isinstance(flops, Real) or not 0 < flops < math.inf):
-        raise ValueError(f"{flops_name} must be a positive number of FLOPs or None, got {flops!r}")
-    if max_to_prune is None and flops is None:
-        raise ValueError(f"max_to_prune=None needs {flops_name}: without either limit every prunable channel would go")
 
 
 def _own_example_inputs(model: nn.Module) -> ExampleInputs:

@@ -6,7 +6,7 @@ import matplotlib.image
 import matplotlib.pyplot as plt
 import pytest
 
-from prunable_nn.loop import History, Round
+from prunable_nn import History, Round
 from prunable_nn.app.plot import history_figure, plot_history
 
 

@@ -60,7 +60,8 @@ from ..distributed import is_distributed, rewrap
 from ..export import to_torch
 from ..flops import count_flops, count_parameters
 from ..latency import compare_latency, torch_threads
-from ..loop import FlopsTarget, History, Round, prune_loop
+from ..loop import prune_loop
+from ..targets import FlopsTarget, History, Round
 from ..module import PrunableModule
 from .plot import plot_history
 from ..pruner import TaylorPruner

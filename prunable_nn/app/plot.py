@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 from matplotlib.figure import Figure  # noqa: E402
 
-from ..loop import History  # noqa: E402
+from ..targets import History  # noqa: E402
 
 
 def history_figure(history: History, title: str = "", finetuned_accuracy: float | None = None) -> Figure:
