@@ -39,6 +39,20 @@ def compiled(model: torch.nn.Module, backend: str = "aot_eager", **options) -> t
     return torch.compile(model, backend=backend, fullgraph=True, **options)
 
 
+def train_both(net: torch.nn.Module, eager: torch.nn.Module, seed: int) -> None:
+    """One backward pass of the same batch through the compiled and the eager model."""
+    x, y = batch(seed=seed)
+    F.cross_entropy(net(x), y).backward()
+    F.cross_entropy(eager(x), y).backward()
+
+
+def assert_eager_estimates(model: torch.nn.Module, eager: torch.nn.Module, examples: int, **tolerance) -> None:
+    for name in ESTIMATORS:
+        layer, expected = model.get_submodule(name), eager.get_submodule(name)
+        assert layer.examples_seen == expected.examples_seen == examples, name
+        torch.testing.assert_close(layer.taylor_estimates, expected.taylor_estimates, msg=name, **tolerance)
+
+
 def test_a_training_step_of_a_converted_model_is_one_graph():
     """The pruner's model records after its ReLUs (forward hooks) and at its layers: dynamo
     sees it all in one graph, as it does the plain model."""
@@ -60,13 +74,8 @@ def test_a_compiled_model_records_the_eager_estimates_and_recompiles_after_a_pru
     eager_pruner = TaylorPruner(eager, batch()[0])
     net = compiled(model, backend)
     for round_ in range(2):
-        x, y = batch(seed=round_)
-        F.cross_entropy(net(x), y).backward()
-        F.cross_entropy(eager(x), y).backward()
-        for name in ESTIMATORS:
-            layer, expected = model.get_submodule(name), eager.get_submodule(name)
-            assert layer.examples_seen == expected.examples_seen == 5
-            torch.testing.assert_close(layer.taylor_estimates, expected.taylor_estimates, rtol=1e-6, atol=1e-9)
+        train_both(net, eager, round_)
+        assert_eager_estimates(model, eager, 5, rtol=1e-6, atol=1e-9)
         pruner.prune(3)
         eager_pruner.prune(3)
         assert [chain.num_channels for chain in pruner.chains] == [chain.num_channels for chain in eager_pruner.chains]
@@ -80,13 +89,8 @@ def test_every_recorded_statistic_compiles_to_its_eager_numbers(criterion):
     TaylorPruner(eager, batch()[0], criterion=criterion)
     net = compiled(model)
     for seed in range(2):
-        x, y = batch(seed=seed)
-        F.cross_entropy(net(x), y).backward()
-        F.cross_entropy(eager(x), y).backward()
-    for name in ESTIMATORS:
-        layer, expected = model.get_submodule(name), eager.get_submodule(name)
-        assert layer.examples_seen == expected.examples_seen == 10
-        torch.testing.assert_close(layer.taylor_estimates, expected.taylor_estimates)
+        train_both(net, eager, seed)
+    assert_eager_estimates(model, eager, 10)
 
 
 def test_each_compiled_forward_of_one_loss_counts():
