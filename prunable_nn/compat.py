@@ -2,7 +2,10 @@
 reason. ``tests/test_compat.py`` checks each against the installed torch, so that a torch
 release that changes one fails there, by name, rather than somewhere downstream.
 
-Tested with torch 2.14.1 (``setup.cfg`` declares what CI installs).
+``setup.cfg`` declares torch 2.14 as the lowest release, the one ``make test`` installs and
+CI tests (2.14.1); no older release is tested (the recording in a compiled graph relies on
+``torch.library.custom_op`` with an ordered effect, a recent API). torchvision is needed by
+the tests alone: the library knows its layers and functions by name.
 """
 
 from __future__ import annotations
