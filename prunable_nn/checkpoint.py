@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
@@ -197,25 +196,31 @@ def _read(path: FileLike, map_location: MapLocation) -> dict[str, Any]:
     except pickle.UnpicklingError as error:
         raise ValueError(
             f"{where} is not a prunable_nn checkpoint: torch.load(weights_only=True) refused it, "
-            f"running nothing (it holds pickled objects other than data, or is corrupt): {_reason(error)}"
+            f"running nothing: {_unsafe_content(path)}"
         ) from error
     except Exception as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
         raise ValueError(
             f"{where} is not a readable prunable_nn checkpoint (truncated or corrupt?): "
-            f"{type(error).__name__}: {_reason(error)}"
+            f"{type(error).__name__}: {first_line}"
         ) from error
     _check_checkpoint(checkpoint, source=where)
     return checkpoint
 
 
-def _reason(error: Exception) -> str:
-    """The telling sentence of a ``torch.load`` error (its messages run to a paragraph)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
-    found = re.search(r"WeightsUnpickler error: (.*?)(?:\.\s|\.?$)", text, re.MULTILINE)
-    if found:
-        return found.group(1)
-    first = text.splitlines()[0] if text else repr(error)
-    return first.split(". ")[0]
+def _unsafe_content(path: FileLike) -> str:
+    """What in ``path`` ``torch.load(weights_only=True)`` may not run: its pickled globals other
+    than data, as ``torch.serialization.get_unsafe_globals_in_checkpoint`` finds them (the
+    error's own text is torch's to word, and changes between releases)."""
+    try:
+        if hasattr(path, "seek"):
+            path.seek(0)
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 (not even a readable archive)
+        names = []
+    if not names:
+        return "it is corrupt, or holds pickled objects other than data"
+    return f"it holds pickled objects other than data: {', '.join(names)}"
 
 
 def _check_checkpoint(checkpoint: Any, source: str) -> None:
