@@ -7,7 +7,7 @@ What is measured
     ones kept whole included) that can be removed:
 
     * ours: a channel of a convolution's output whose unit is not frozen in
-      ``TaylorPruner(model, x)`` (``pruner.map.prunable``); the main reasons for the frozen
+      ``TaylorPruner(model, x)`` (``pruner.channel_map.prunable``); the main reasons for the frozen
       ones, from the report, with the share of the channels each freezes;
     * Torch-Pruning's: a channel that one of the groups of
       ``DependencyGraph().build_dependency(model, x).get_all_groups(ignored_layers=[the
@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import report  # noqa: E402 (benchmarks/, the script's own folder)
 import zoo  # noqa: E402
 from prunable_nn import TaylorPruner  # noqa: E402
+from prunable_nn.chain import OUTPUT  # noqa: E402
 from prunable_nn.kinds import ConvKind, kind_of, refusal  # noqa: E402
 from prunable_nn.layers import PrunableLayer  # noqa: E402
 
@@ -76,8 +77,8 @@ def ours(name: str) -> tuple[float, list[tuple[str, float]]]:
     pruner = TaylorPruner(model, inputs)
     channels = convolutions(model)
     prunable, reasons = 0, Counter()
-    prunable_units = pruner.map.prunable
-    members = {member.layer: member for member in pruner.map.members if member.role == "output"}
+    prunable_units = pruner.channel_map.prunable
+    members = {member.layer: member for member in pruner.channel_map.members if member.side == OUTPUT}
     for module, count in channels.items():
         member = members.get(module)
         if member is None:
@@ -88,7 +89,7 @@ def ours(name: str) -> tuple[float, list[tuple[str, float]]]:
             if prunable_units[unit]:
                 prunable += 1
             else:
-                reasons[general(pruner.map.frozen.get(unit, "it is gone"))] += 1
+                reasons[general(pruner.channel_map.frozen.get(unit, "it is gone"))] += 1
     total = sum(channels.values())
     return prunable / total, [(reason, count / total) for reason, count in reasons.most_common(2)]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,7 +32,16 @@ from .surgery import Optimizers
 if TYPE_CHECKING:
     from .channel_map import ChannelMap
 
-OUTPUT, INPUT = "output", "input"
+class Side(str, Enum):
+    """Which side of a layer a member is: the channels it makes or owns (``OUTPUT``), or those
+    it reads (``INPUT``). Equal to the strings ``"output"`` and ``"input"`` that the walk's
+    keys use (:class:`~prunable_nn.graph.ChannelFlow`)."""
+
+    OUTPUT = "output"
+    INPUT = "input"
+
+
+OUTPUT, INPUT = Side.OUTPUT, Side.INPUT
 
 
 @dataclass(frozen=True)
@@ -54,10 +64,10 @@ class FrozenChain:
 
 @dataclass(eq=False)
 class Member:
-    """One side (``"output"`` or ``"input"``) of a layer and the unit of each of its positions."""
+    """One side of a layer and the unit of each of its positions."""
 
     layer: PrunableLayer
-    role: str
+    side: Side
     units: torch.Tensor
 
     def positions_of(self, units: torch.Tensor) -> torch.Tensor:
@@ -66,7 +76,7 @@ class Member:
 
     def validate_drop(self, positions: torch.Tensor) -> torch.Tensor:
         """Check with the layer that ``positions`` can go; return the positions kept."""
-        if self.role == OUTPUT:
+        if self.side == OUTPUT:
             return self.layer._output_keep(positions)
         return self.layer._input_keep(positions)
 
@@ -82,11 +92,11 @@ class Member:
         """Keep positions ``keep`` of ``layer``: a prunable twin, or the plain layer of a copy
         made before the pruner, sliced by this member's kind."""
         if isinstance(layer, PrunableLayer):
-            if self.role == OUTPUT:
+            if self.side == OUTPUT:
                 layer._keep_outputs(keep, optimizer)
             else:
                 layer._keep_inputs(keep, optimizer, 1)
-        elif self.role == OUTPUT:
+        elif self.side == OUTPUT:
             self.layer.kind.keep_outputs(layer, keep, optimizer)
         else:
             self.layer.kind.keep_inputs(layer, keep, optimizer, 1)
@@ -100,7 +110,7 @@ class Chain:
     units that must stay, and why."""
 
     name: str
-    map: ChannelMap
+    channel_map: ChannelMap
     units: torch.Tensor
     frozen: dict[int, str]
     members: list[Member] = field(default_factory=list)
@@ -146,7 +156,7 @@ class Chain:
             values = member.layer.taylor_estimates
             if values is None:
                 return None
-            per_unit = self.map.per_unit(member, values)
+            per_unit = self.channel_map.per_unit(member, values)
             total = per_unit if total is None else total + per_unit
         return None if total is None else total[self.units]
 
@@ -160,18 +170,18 @@ class Chain:
             reason = self.frozen[int(self.units[frozen[0]])]
             raise ValueError(f"{owner}: channels {frozen} cannot be removed: {reason}")
         units = self.units[indices]
-        self.map.plan(units)
+        self.channel_map.plan(units)
         return units
 
     def drop(self, indices: Iterable[int] | torch.Tensor, optimizer: Optimizers = None) -> None:
         """Remove channels ``indices`` from every layer of the chain, or nothing if any is bad."""
-        self.map.remove(self.validate_drop(indices), optimizer)
+        self.channel_map.remove(self.validate_drop(indices), optimizer)
 
-    def _members(self, role: str) -> list[Member]:
-        return [member for member in self.members if member.role == role]
+    def _members(self, side: Side) -> list[Member]:
+        return [member for member in self.members if member.side == side]
 
     def _estimator_members(self) -> list[Member]:
-        return [member for member in self.map.estimators if member in self.members]
+        return [member for member in self.channel_map.estimators if member in self.members]
 
     def _forget(self, units: torch.Tensor) -> None:
         alive = ~torch.isin(self.units, units)

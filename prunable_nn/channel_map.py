@@ -12,7 +12,7 @@ import numpy
 import torch
 from torch import nn
 
-from .chain import OUTPUT, Chain, FrozenChain, Member
+from .chain import OUTPUT, Chain, FrozenChain, Member, Side
 from .graph import ChannelFlow
 from .surgery import Optimizers, as_optimizers, check_optimizers
 
@@ -22,8 +22,8 @@ class ChannelMap:
 
     def __init__(self, flow: ChannelFlow) -> None:
         unit_of = _connected_components(flow.num_labels, *_tie_pairs(flow))
-        self.members = [Member(layer, role, unit_of[labels]) for (layer, role), labels in flow.members.items()]
-        by_key = {(member.layer, member.role): member for member in self.members}
+        self.members = [Member(layer, Side(side), unit_of[labels]) for (layer, side), labels in flow.members.items()]
+        by_key = {(member.layer, member.side): member for member in self.members}
         self.estimators = [by_key[(layer, OUTPUT)] for layer in flow.estimators]
         self.num_units = int(unit_of.max()) + 1 if len(unit_of) else 0
         frozen: dict[int, str] = {}
@@ -61,7 +61,7 @@ class ChannelMap:
         by_space = {space.layer: index for index, space in enumerate(flow.spaces) if space.layer is not None}
         chains, frozen_chains, seen = [], [], set()
         for member in self.members:
-            space = by_space.get(member.layer) if member.role == OUTPUT else None
+            space = by_space.get(member.layer) if member.side == OUTPUT else None
             if space is None or space_component[space] in seen:
                 continue
             group = space_component[space]

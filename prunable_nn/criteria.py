@@ -131,8 +131,8 @@ class MinWeight(Criterion):
 
     def member_values(self, pruner: TaylorPruner) -> MemberValues:
         values = []
-        for member in pruner.map.members:
-            if member.role != OUTPUT or not pruner.has_prunable(member):
+        for member in pruner.channel_map.members:
+            if member.side != OUTPUT or not pruner.has_prunable(member):
                 continue
             rows = member.layer.kind.output_weights(member.layer)
             if rows is not None:
@@ -186,7 +186,7 @@ class Oracle(Criterion):
 
     def unit_changes(self, pruner: TaylorPruner) -> torch.Tensor:
         """``L(without unit) - L`` for every prunable unit (0 for the others)."""
-        readers = [member for member in pruner.map.members if member.role == INPUT]
+        readers = [member for member in pruner.channel_map.members if member.side == INPUT]
         zeroed: dict[PrunableLayer, torch.Tensor] = {}
 
         def zero_inputs(layer: PrunableLayer, args: tuple) -> tuple | None:
@@ -201,8 +201,8 @@ class Oracle(Criterion):
         try:
             with evaluating(pruner.model), torch.no_grad():
                 baseline = self._mean_loss(pruner.model)
-                changes = torch.zeros(pruner.map.num_units, dtype=torch.float64)
-                for unit in pruner.map.prunable.nonzero().flatten():
+                changes = torch.zeros(pruner.channel_map.num_units, dtype=torch.float64)
+                for unit in pruner.channel_map.prunable.nonzero().flatten():
                     zeroed.clear()
                     for member in readers:
                         positions = member.positions_of(unit.view(1))
@@ -219,7 +219,7 @@ class Oracle(Criterion):
         if self.absolute:
             changes = changes.abs()
         members = pruner.estimator_members
-        seen_by = torch.zeros(pruner.map.num_units, dtype=torch.float64)
+        seen_by = torch.zeros(pruner.channel_map.num_units, dtype=torch.float64)
         for member in members:
             seen_by.index_add_(0, member.units, torch.ones(len(member.units), dtype=torch.float64))
         return [(member, changes[member.units] / seen_by[member.units]) for member in members]

@@ -109,7 +109,7 @@ class TaylorPruner:
         try:
             graph, self.opaque = trace(model, example_inputs)
             flow = channel_flow(model, graph)
-            self.map = ChannelMap(flow)
+            self.channel_map = ChannelMap(flow)
         except Exception:
             undo(swaps)  # leave the model as it was
             raise
@@ -118,7 +118,7 @@ class TaylorPruner:
         layers = {module: name for name, module in model.named_modules() if isinstance(module, PrunableLayer)}
         for layer, name in layers.items():
             layer.name_in_model = name
-        self._estimators = [member for member in self.map.estimators if self.has_prunable(member)]
+        self._estimators = [member for member in self.channel_map.estimators if self.has_prunable(member)]
         statistic = self.criterion.statistic
         estimating = {member.layer for member in self._estimators} if statistic is not None else set()
         for layer in layers:
@@ -150,18 +150,18 @@ class TaylorPruner:
     @property
     def chains(self) -> list[Chain]:
         """The chains with channels that can be removed, in the order of the model's graph."""
-        return self.map.chains
+        return self.channel_map.chains
 
     @property
     def frozen(self) -> list[FrozenChain]:
         """The chains none of whose channels can be removed, and why."""
-        return self.map.frozen_chains
+        return self.channel_map.frozen_chains
 
     @property
     def num_prunables(self) -> int:
         """Units of channels that can still be removed (every layer keeps one, every chain
         a multiple of ``round_to``)."""
-        return sum(map(len, self.map.removable(self._blocks(torch.zeros(self.map.num_units)))))
+        return sum(map(len, self.channel_map.removable(self._blocks(torch.zeros(self.channel_map.num_units)))))
 
     @property
     def estimator_members(self) -> list[Member]:
@@ -170,11 +170,11 @@ class TaylorPruner:
 
     def has_prunable(self, member: Member) -> bool:
         """Whether any of ``member``'s positions belongs to a unit that can still go."""
-        return bool(self.map.prunable[member.units].any())
+        return bool(self.channel_map.prunable[member.units].any())
 
     def reset_estimates(self) -> None:
         """Forget the estimates accumulated by every estimator."""
-        for member in self.map.estimators:
+        for member in self.channel_map.estimators:
             member.layer.reset_estimates()
 
     def scores(self) -> list[torch.Tensor]:
@@ -230,16 +230,16 @@ class TaylorPruner:
             reduced = reduced_estimates(layers, self.criterion.statistic.gradient_power, self.process_group)
         with reduced:
             blocks = self._blocks(self._unit_scores(), self._rankable())
-        chosen = self.map.removable(blocks, limit=max_to_prune)
+        chosen = self.channel_map.removable(blocks, limit=max_to_prune)
         if flops is not None:
             chosen = reaching(chosen, self._unit_costs(), flops)
         units = torch.tensor([unit for block in chosen for unit in block], dtype=torch.long)
         if distributed:
-            check_agreement(units.tolist(), self.map.num_units, self.process_group)
-        plan = self.map.plan(units)
-        touched = self.map.chain_of_unit[units].unique().tolist()
+            check_agreement(units.tolist(), self.channel_map.num_units, self.process_group)
+        plan = self.channel_map.plan(units)
+        touched = self.channel_map.chain_of_unit[units].unique().tolist()
         removals = [self._removal(self.chains[index], units) for index in touched]
-        self.map.apply(plan, units, optimizer, also)
+        self.channel_map.apply(plan, units, optimizer, also)
         self.reset_estimates()
         return removals
 
@@ -251,7 +251,7 @@ class TaylorPruner:
 
     # -- internals ------------------------------------------------------------------------------
     def _unit_scores(self) -> torch.Tensor:
-        scores = torch.zeros(self.map.num_units, dtype=torch.float64)
+        scores = torch.zeros(self.channel_map.num_units, dtype=torch.float64)
         for member, values in self.criterion.member_values(self):
             values = values.detach().double().cpu()
             if not bool(torch.isfinite(values).all()):
@@ -262,13 +262,13 @@ class TaylorPruner:
                 )
             if self.normalize:
                 values = l2_normalise(values)
-            scores += self.map.per_unit(member, values)
+            scores += self.channel_map.per_unit(member, values)
         if self.flops_regularization > 0:
-            scores -= self.flops_regularization * relative_costs(self._unit_costs(), self.map.prunable)
+            scores -= self.flops_regularization * relative_costs(self._unit_costs(), self.channel_map.prunable)
         return scores
 
     def _blocks(self, scores: torch.Tensor, rankable: torch.Tensor | None = None) -> list[list[int]]:
-        prunable = self.map.prunable if rankable is None else self.map.prunable & rankable
+        prunable = self.channel_map.prunable if rankable is None else self.channel_map.prunable & rankable
         return lowest_blocks(scores, prunable, [chain.units for chain in self.chains], self.round_to)
 
     def _rankable(self) -> torch.Tensor:
@@ -276,8 +276,8 @@ class TaylorPruner:
         whose estimators have no estimates are skipped (:mod:`prunable_nn.estimates`) and
         named in :attr:`skipped`; they make ``prune()`` raise when ``strict`` is set or when
         no chain is left."""
-        rankable = torch.ones(self.map.num_units, dtype=torch.bool)
-        missing = chains_without_estimates(self._estimators, self.map) if self.criterion.statistic else {}
+        rankable = torch.ones(self.channel_map.num_units, dtype=torch.bool)
+        missing = chains_without_estimates(self._estimators, self.channel_map) if self.criterion.statistic else {}
         if missing and (self.strict or len(missing) == len(self.chains)):
             index, reason = next(iter(missing.items()))
             raise RuntimeError(f"chain '{self.chains[index].name}' has no {self.criterion.name} estimates yet: {reason}")
@@ -288,14 +288,14 @@ class TaylorPruner:
 
     def _chain_of(self, member: Member) -> str:
         """The name of the first chain with channels in ``member`` (for error messages)."""
-        indices = self.map.chain_of_unit[member.units]
+        indices = self.channel_map.chain_of_unit[member.units]
         return self.chains[int(indices[indices >= 0][0])].name
 
     def _unit_costs(self) -> torch.Tensor:
         """FLOPs of each unit: every member's FLOPs shared equally among its positions."""
         _, per_module = flops_per_module(self.model, self.example_inputs)
-        costs = torch.zeros(self.map.num_units, dtype=torch.float64)
-        for member in self.map.members:
+        costs = torch.zeros(self.channel_map.num_units, dtype=torch.float64)
+        for member in self.channel_map.members:
             flops = per_module.get(member.layer.name_in_model, 0)
             if flops and len(member.units):
                 costs.scatter_add_(0, member.units, torch.full((len(member.units),), flops / len(member.units), dtype=torch.float64))
@@ -307,7 +307,7 @@ class TaylorPruner:
         inputs = {
             member.layer.name_in_model: tuple(member.positions_of(chain_units).tolist())
             for member in chain.members
-            if member.role == INPUT
+            if member.side == INPUT
         }
         return Removal(
             chain=chain.name,

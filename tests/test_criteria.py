@@ -121,13 +121,13 @@ def test_the_oracle_is_the_loss_change_of_removing_each_unit(net):
     pruner = TaylorPruner(model, inputs, criterion=oracle)
     changes = oracle.unit_changes(pruner)
     baseline = (loss_of(model, inputs[:3], labels[:3]) + loss_of(model, inputs[3:], labels[3:])) / 2
-    prunable = pruner.map.prunable
-    for unit in range(pruner.map.num_units):
+    prunable = pruner.channel_map.prunable
+    for unit in range(pruner.channel_map.num_units):
         if not prunable[unit]:
             assert changes[unit] == 0
             continue
         removed = copy.deepcopy(pruner)
-        removed.map.remove(torch.tensor([unit]))
+        removed.channel_map.remove(torch.tensor([unit]))
         without = (loss_of(removed.model, inputs[:3], labels[:3]) + loss_of(removed.model, inputs[3:], labels[3:])) / 2
         assert changes[unit] == pytest.approx(without - baseline, abs=1e-5)
     unnormalised = TaylorPruner(model, inputs, normalize=False, criterion=oracle)
@@ -212,7 +212,7 @@ def test_the_oracle_counts_a_unit_seen_by_several_estimators_once():
     torch.testing.assert_close(scores, changes[stream.units])
     for unit in stream.units.tolist():
         removed = copy.deepcopy(pruner)
-        removed.map.remove(torch.tensor([unit]))
+        removed.channel_map.remove(torch.tensor([unit]))
         assert changes[unit] == pytest.approx(loss_of(removed.model, inputs, labels) - loss_of(model, inputs, labels), abs=1e-5)
 
 
