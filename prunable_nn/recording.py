@@ -174,9 +174,8 @@ def _add_batch(batch_total: torch.Tensor, layer_id: int, examples: int, gradient
     layer ``layer_id``, after the loss scale (to ``gradient_power``) is divided out; nothing
     inside :func:`no_estimates`, and nothing for a layer pruned since the forward."""
     layer = _layers.get(layer_id)
-    if layer is None or _excluding or batch_total.shape[0] != layer._num_estimated_channels():
-        return
-    layer._add_batch(unscaled(layer, batch_total, gradient_power), examples)
+    if layer is not None and not _excluding:
+        layer._add_batch(unscaled(layer, batch_total, gradient_power), examples)  # it checks the channels
 
 
 _add_batch.register_effect(torch.library.EffectType.ORDERED)
