@@ -30,11 +30,13 @@ output for the layer (:class:`RecordAfter`), which autograd keeps anyway: the nu
 the same (``relu(a) * dL/drelu(a) = a * dL/da``) and the estimate costs no memory.
 
 **Compiled.** Under ``torch.compile`` the recording is part of the graph, with no graph
-break (``fullgraph=True`` works): :class:`_RecordedInGraph` computes a batch's statistic in
-the compiled backward, where the compiler fuses it with the layer's own gradient, and hands
-the ``(C,)`` total to the ``prunable_nn::add_batch`` operator, which runs eagerly at every
-backward pass (an ordered side effect, so the compiler neither drops nor reorders it) and
-adds it to the layer's sums. The compiler decides what the backward keeps (it recomputes a
+break (``fullgraph=True`` works): :class:`_RecordedInGraph` marks the output as changed in
+place, as eagerly, so that the value it saves is the one the forward leaves in it (the sum,
+after ``out += identity``), and computes a batch's statistic in the compiled backward,
+where the compiler fuses it with the layer's own gradient, and hands the ``(C,)`` total to
+the ``prunable_nn::add_batch`` operator, which runs eagerly at every backward pass (an
+ordered side effect, so the compiler neither drops nor reorders it) and adds it to the
+layer's sums. The compiler decides what the backward keeps (it recomputes a
 batch norm's output rather than keep it, where that is cheaper). The loss scale, the
 :func:`no_estimates` blocks and the finiteness check are read when the backward runs, as
 eagerly. One thing differs: each backward pass through a compiled forward counts as a
@@ -187,16 +189,18 @@ def _(batch_total: torch.Tensor, layer_id: int, examples: int, gradient_power: i
 
 
 class _RecordedInGraph(torch.autograd.Function):
-    """Identity on a layer's output whose backward computes the batch's statistic and hands
-    its total to ``prunable_nn::add_batch``: the compiled form of :class:`_Recorded`."""
+    """Identity on a layer's output (marked as changed in place, as :class:`_Recorded`: the
+    compiler then saves the value that later in-place ops leave in it) whose backward
+    computes the batch's statistic and hands its total to ``prunable_nn::add_batch``."""
 
     @staticmethod
     def forward(
         ctx: torch.autograd.function.FunctionCtx, output: torch.Tensor, layer_id: int, statistic: Statistic, channel_dim: int
     ) -> torch.Tensor:
+        ctx.mark_dirty(output)
         ctx.save_for_backward(output)
         ctx.layer_id, ctx.statistic, ctx.channel_dim = layer_id, statistic, channel_dim
-        return output.clone()  # a later in-place op may change it; the compiler copies nothing
+        return output
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
