@@ -56,6 +56,9 @@ class TaylorEstimates:
         #: Whether the ReLU that alone reads this layer's output records its own output
         #: instead (:class:`~prunable_nn.recording.RecordAfter`).
         self.records_after_activation = False
+        #: Whether the model overwrites this layer's output in place with values that no
+        #: longer give ``a * dL/da`` (``out *= gain``), so that a copy of it is recorded.
+        self.records_a_copy = False
         self._awaited = None
         recording.register(self)
 
@@ -109,13 +112,13 @@ class TaylorEstimates:
         if not (self.estimating and isinstance(output, torch.Tensor) and output.requires_grad):
             return output
         if torch.compiler.is_compiling():
-            return recording.record_in_graph(self, output)
+            return recording.record_in_graph(self, output, copy=self.records_a_copy)
         if self._awaited is not None:  # the last output never reached the activation: record here
             self.records_after_activation, self._awaited = False, None
         if self.records_after_activation:
             self._awaited = weakref.ref(output)
             return output
-        return recording.record_eagerly(self, output)
+        return recording.record_eagerly(self, output, copy=self.records_a_copy)
 
     def _add_batch(self, batch_total: torch.Tensor, examples: int) -> None:
         """Add a finished batch of the statistic, its ``(C,)`` float64 total over ``examples``

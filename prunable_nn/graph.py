@@ -33,7 +33,9 @@ overwritten before its gradient arrives and ``dL/da`` is the same for both terms
 In-place activation modules other than the clamps (ReLU, ReLU6, Hardtanh) are made out of
 place: an estimate reads its layer's output when its gradient arrives, and only a clamp leaves
 ``a * dL/da`` unchanged when it overwrites ``a`` (where it changes a value, the gradient
-before it is zero).
+before it is zero). A layer whose output the model multiplies or divides in place
+(``out.mul_(gain)`` in timm's NFNets) records a copy of it: the gradient that reaches ``a``
+carries the factor, and the overwritten value would carry it a second time.
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ from .ops import (
     CONCATENATING_FUNCTIONS,
     ELEMENTWISE_METHODS,
     ELEMENTWISE_MODULES,
+    INPLACE_FUNCTIONS,
+    INPLACE_METHODS,
     INPLACE_SAFE_FUNCTIONS,
     INPLACE_SAFE_MODULES,
     METADATA_METHODS,
+    OVERWRITING_FUNCTIONS,
+    OVERWRITING_METHODS,
     REDUCING_FUNCTIONS,
     REDUCING_METHODS,
     SPLITTING,
@@ -100,7 +106,9 @@ class ChannelFlow:
     tied position by position. ``out_of_place`` lists the in-place activation modules to
     make out of place (see the module docstring). ``records_after`` maps an estimator called
     once whose output only a ReLU module reads to that ReLU, which records for it
-    (:class:`~prunable_nn.recording.RecordAfter`).
+    (:class:`~prunable_nn.recording.RecordAfter`). ``records_copy`` lists the estimators
+    whose output an in-place op overwrites with values that no longer give ``a * dL/da``
+    (:data:`~prunable_nn.ops.OVERWRITING_METHODS`): they record a copy of it.
     """
 
     spaces: list[Space] = field(default_factory=list)
@@ -110,6 +118,7 @@ class ChannelFlow:
     estimators: list[PrunableLayer] = field(default_factory=list)
     out_of_place: list[nn.Module] = field(default_factory=list)
     records_after: dict[PrunableLayer, nn.Module] = field(default_factory=dict)
+    records_copy: list[PrunableLayer] = field(default_factory=list)
 
     @property
     def num_labels(self) -> int:
@@ -536,13 +545,50 @@ class _Walk:
                 calls.setdefault(self.modules[node.target], []).append(node)
         order = {module: position for position, module in enumerate(calls)}
         self.flow.estimators = sorted(found, key=order.__getitem__)
+        overwritten = self._overwritten_values()
         for layer in self.flow.estimators:
+            if overwritten.intersection(calls[layer]):
+                self.flow.records_copy.append(layer)
             (node, *others), users = calls[layer], list(calls[layer][0].users)
             if others or len(users) != 1 or users[0].op != "call_module" or users[0].args[:1] != (node,):
+                continue
+            if users[0] in overwritten:
                 continue
             activation = self.modules[users[0].target]
             if type(activation) in HOMOGENEOUS_ACTIVATIONS:
                 self.flow.records_after[layer] = activation
+
+    def _overwritten_values(self) -> set[fx.Node]:
+        """The values that an in-place op overwrites with values that no longer give
+        ``a * dL/da`` (a product, a quotient, an activation that is not a clamp): its operand,
+        and the values that operand is an in-place result of, back to the one first made.
+        (An op through a view of a value is not followed.)"""
+        overwritten: set[fx.Node] = set()
+        for node in self.graph.nodes:
+            if self._overwrites(node):
+                value = node.args[0]
+                while isinstance(value, fx.Node) and value not in overwritten:
+                    overwritten.add(value)
+                    value = value.args[0] if self._returns_its_operand(value) and value.args else None
+        return overwritten
+
+    @staticmethod
+    def _overwrites(node: fx.Node) -> bool:
+        if node.op == "call_function":
+            unsafe = node.kwargs.get("inplace", False) and node.target not in INPLACE_SAFE_FUNCTIONS
+            return node.target in OVERWRITING_FUNCTIONS or bool(unsafe)
+        return node.op == "call_method" and node.target in OVERWRITING_METHODS
+
+    def _returns_its_operand(self, node: fx.Node) -> bool:
+        """Whether ``node`` changes its first operand in place and returns it."""
+        if node.op == "call_function":
+            return node.target in INPLACE_FUNCTIONS or bool(node.kwargs.get("inplace", False))
+        if node.op == "call_method":
+            return node.target in INPLACE_METHODS
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            return getattr(module, "inplace", False) is True and module not in self.flow.out_of_place
+        return False
 
 
 def _live_nodes(graph: fx.Graph) -> set[fx.Node]:

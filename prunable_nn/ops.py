@@ -12,7 +12,8 @@ Each table names modules, functions or tensor methods by what they do to channel
 
 In-place activations that merely clamp (ReLU, ReLU6, Hardtanh) leave ``a * dL/da`` unchanged
 when they overwrite ``a``, since the gradient before them is zero wherever they change a
-value; the other in-place activations are made out of place (:mod:`prunable_nn.graph`).
+value; the other in-place activations are made out of place (:mod:`prunable_nn.graph`), and
+a layer whose output an in-place product or quotient overwrites records a copy of it.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ COMBINING_FUNCTIONS = {
     operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div,
 }
 COMBINING_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+#: Ops that change their first operand in place and return it.
+INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+INPLACE_METHODS = {name for name in COMBINING_METHODS | ELEMENTWISE_METHODS if name.endswith("_")}
+#: In-place ops after which ``v * dL/da`` (``v`` the value they leave, ``a`` the one they
+#: overwrite) is no longer ``a * dL/da``: products, quotients, squashing functions. (After an
+#: addition it reads the sum, which the readers see, and a clamp changes ``a`` only where
+#: ``dL/da`` is zero.)
+OVERWRITING_FUNCTIONS = {operator.imul, operator.itruediv}
+OVERWRITING_METHODS = INPLACE_METHODS - {"add_", "sub_", "relu_", "clamp_"}
 REDUCING_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCING_METHODS = {"mean", "sum", "amax", "amin"}
 CONCATENATING_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}

@@ -21,7 +21,8 @@ frees what a node saved when a pass without ``retain_graph`` has run through it,
 is when a forward's statistic is final. The output is saved without autograd's version
 check, so a later in-place ReLU is harmless: the gradient that reaches the layer's output
 is zero wherever the ReLU zeroed the activation, so ``a * dL/da`` is the same before and
-after it.
+after it. Where the pruner's graph shows an in-place product or quotient overwriting the
+output (``records_a_copy``), a copy is saved instead.
 
 **Memory.** A batch norm keeps its input for its backward, not its output: saved for the
 estimate alone, the output would stay alive until its gradient arrived. Where the pruner's
@@ -133,13 +134,15 @@ class _Recorded(torch.autograd.Function):
         return grad, None
 
 
-def record_eagerly(layer: TaylorEstimates, output: torch.Tensor) -> torch.Tensor:
+def record_eagerly(layer: TaylorEstimates, output: torch.Tensor, copy: bool = False) -> torch.Tensor:
     """``output``, arranged so that every gradient that reaches it adds to ``layer``'s
-    pending statistic of this forward."""
+    pending statistic of this forward (read on a ``copy`` of it, made now, if the model
+    overwrites it later)."""
     made: list[_Pending] = []
 
     def pack(tensor: torch.Tensor) -> _Pending:
-        made.append(_Pending(layer, tensor.detach()))  # detached: no cycle through the graph
+        activation = tensor.detach()  # detached: no cycle through the graph
+        made.append(_Pending(layer, activation.clone() if copy else activation))
         return made[-1]
 
     slot: list = [None]
@@ -195,27 +198,36 @@ class _RecordedInGraph(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: torch.autograd.function.FunctionCtx, output: torch.Tensor, layer_id: int, statistic: Statistic, channel_dim: int
+        ctx: torch.autograd.function.FunctionCtx,
+        output: torch.Tensor,
+        layer_id: int,
+        statistic: Statistic,
+        channel_dim: int,
+        copy: bool,
     ) -> torch.Tensor:
-        ctx.mark_dirty(output)
         ctx.save_for_backward(output)
         ctx.layer_id, ctx.statistic, ctx.channel_dim = layer_id, statistic, channel_dim
+        if copy:
+            return output.clone()  # the model overwrites the copy; the saved value stays
+        ctx.mark_dirty(output)
         return output
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None, None]:
         (output,) = ctx.saved_tensors
         statistic = ctx.statistic
         with torch.no_grad():
             total = statistic.batch_total(statistic.values(output, grad, ctx.channel_dim))
             torch.ops.prunable_nn.add_batch(total, ctx.layer_id, output.shape[0], statistic.gradient_power)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
-def record_in_graph(layer: TaylorEstimates, output: torch.Tensor) -> torch.Tensor:
+def record_in_graph(layer: TaylorEstimates, output: torch.Tensor, copy: bool = False) -> torch.Tensor:
     """``output``, arranged so that the compiled backward adds each pass's statistic to
-    ``layer``'s sums."""
-    return _RecordedInGraph.apply(output, id(layer), layer.statistic, layer.channel_dim)
+    ``layer``'s sums (read on a ``copy`` of it, if the model overwrites it later)."""
+    return _RecordedInGraph.apply(output, id(layer), layer.statistic, layer.channel_dim, copy)
 
 
 # -- after the activation -----------------------------------------------------------------------

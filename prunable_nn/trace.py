@@ -39,6 +39,7 @@ from .ops import (
     CONCATENATING_FUNCTIONS,
     ELEMENTWISE_METHODS,
     ELEMENTWISE_MODULES,
+    INPLACE_FUNCTIONS,
     REDUCING_METHODS,
     SPLITTING,
     is_elementwise_function,
@@ -46,7 +47,7 @@ from .ops import (
 
 #: Element-wise ops of two values whose result the broadcasting rule gives (torch's meta
 #: kernels for them, and for reductions, also run slow Python decompositions).
-OUT_OF_PLACE_COMBINING_FUNCTIONS = COMBINING_FUNCTIONS - {operator.iadd, operator.isub, operator.imul, operator.itruediv}
+OUT_OF_PLACE_COMBINING_FUNCTIONS = COMBINING_FUNCTIONS - INPLACE_FUNCTIONS
 #: Modules and methods whose output has their input's shape, dtype and device: on meta
 #: tensors, an empty tensor like the input stands for their output (torch's meta kernels for
 #: element-wise ops run slow Python decompositions; a layer's kind gives its own shortcut).
@@ -91,7 +92,7 @@ class PrunableTracer(fx.Tracer):
             count = len(sizes) if isinstance(sizes, (list, tuple)) else None
         if isinstance(count, int) and not isinstance(count, bool):
             return PartsProxy(node, self, count)
-        return super().proxy(node)
+        return InPlaceProxy(node, self)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return (
@@ -99,6 +100,24 @@ class PrunableTracer(fx.Tracer):
             or qualified_name in self.opaque
             or super().is_leaf_module(module, qualified_name)
         )
+
+
+class InPlaceProxy(fx.Proxy):
+    """A proxy that records ``x += y``, ``-=``, ``*=`` and ``/=`` as the in-place ops they
+    are (``torch.fx``'s own records ``x = x + y``): the estimates read what an in-place op
+    leaves in a layer's output (:mod:`prunable_nn.graph`)."""
+
+    def __iadd__(self, other: object) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.iadd, (self, other), {})
+
+    def __isub__(self, other: object) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.isub, (self, other), {})
+
+    def __imul__(self, other: object) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.imul, (self, other), {})
+
+    def __itruediv__(self, other: object) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", operator.itruediv, (self, other), {})
 
 
 class PartsProxy(fx.Proxy):
@@ -192,6 +211,8 @@ class ShapeInterpreter(fx.Interpreter):
     def call_function(self, target: object, args: tuple, kwargs: dict) -> object:
         if self.on_meta and is_elementwise_function(target):
             return meta_empty(args[0])
+        if self.on_meta and target in INPLACE_FUNCTIONS and isinstance(args[0], torch.Tensor):
+            return args[0]  # its shape is kept
         if self.on_meta and target in OUT_OF_PLACE_COMBINING_FUNCTIONS and not kwargs:
             shortcut = _combined(*args)
             if shortcut is not None:
