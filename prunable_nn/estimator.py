@@ -15,6 +15,7 @@ import torch
 
 from . import recording
 from .taylor import TAYLOR
+from .writes import InPlaceWrite
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,10 @@ class TaylorEstimates:
         #: Whether the ReLU that alone reads this layer's output records its own output
         #: instead (:class:`~prunable_nn.recording.RecordAfter`).
         self.records_after_activation = False
-        #: Whether the model overwrites this layer's output in place with values that no
-        #: longer give ``a * dL/da`` (``out *= gain``), so that a copy of it is recorded.
-        self.records_a_copy = False
+        #: How the model writes into this layer's output in place, where the pruner's graph
+        #: shows that it does (:mod:`prunable_nn.writes`): the recording reads the sum after an
+        #: addition, compiled as eagerly, and a copy made before an overwrite.
+        self.in_place_write: InPlaceWrite | None = None
         self._awaited = None
         recording.register(self)
 
@@ -112,13 +114,13 @@ class TaylorEstimates:
         if not (self.estimating and isinstance(output, torch.Tensor) and output.requires_grad):
             return output
         if torch.compiler.is_compiling():
-            return recording.record_in_graph(self, output, copy=self.records_a_copy)
+            return recording.record_in_graph(self, output, reads_the_sum=self.in_place_write is InPlaceWrite.ADDITION)
         if self._awaited is not None:  # the last output never reached the activation: record here
             self.records_after_activation, self._awaited = False, None
         if self.records_after_activation:
             self._awaited = weakref.ref(output)
             return output
-        return recording.record_eagerly(self, output, copy=self.records_a_copy)
+        return recording.record_eagerly(self, output, copy=self.in_place_write is InPlaceWrite.OVERWRITE)
 
     def _add_batch(self, batch_total: torch.Tensor, examples: int) -> None:
         """Add a finished batch of the statistic, its ``(C,)`` float64 total over ``examples``

@@ -33,9 +33,8 @@ overwritten before its gradient arrives and ``dL/da`` is the same for both terms
 In-place activation modules other than the clamps (ReLU, ReLU6, Hardtanh) are made out of
 place: an estimate reads its layer's output when its gradient arrives, and only a clamp leaves
 ``a * dL/da`` unchanged when it overwrites ``a`` (where it changes a value, the gradient
-before it is zero). A layer whose output the model multiplies or divides in place
-(``out.mul_(gain)`` in timm's NFNets) records a copy of it: the gradient that reaches ``a``
-carries the factor, and the overwritten value would carry it a second time.
+before it is zero). What other in-place writes into a layer's output mean for its estimate
+is :mod:`prunable_nn.writes`' part (``out.mul_(gain)`` in timm's NFNets: a copy is recorded).
 """
 
 from __future__ import annotations
@@ -60,13 +59,9 @@ from .ops import (
     CONCATENATING_FUNCTIONS,
     ELEMENTWISE_METHODS,
     ELEMENTWISE_MODULES,
-    INPLACE_FUNCTIONS,
-    INPLACE_METHODS,
     INPLACE_SAFE_FUNCTIONS,
     INPLACE_SAFE_MODULES,
     METADATA_METHODS,
-    OVERWRITING_FUNCTIONS,
-    OVERWRITING_METHODS,
     REDUCING_FUNCTIONS,
     REDUCING_METHODS,
     SPLITTING,
@@ -74,6 +69,7 @@ from .ops import (
     spatial_dims,
 )
 from .recording import HOMOGENEOUS_ACTIVATIONS
+from .writes import InPlaceWrite, in_place_writes
 
 
 @dataclass(frozen=True)
@@ -106,9 +102,8 @@ class ChannelFlow:
     tied position by position. ``out_of_place`` lists the in-place activation modules to
     make out of place (see the module docstring). ``records_after`` maps an estimator called
     once whose output only a ReLU module reads to that ReLU, which records for it
-    (:class:`~prunable_nn.recording.RecordAfter`). ``records_copy`` lists the estimators
-    whose output an in-place op overwrites with values that no longer give ``a * dL/da``
-    (:data:`~prunable_nn.ops.OVERWRITING_METHODS`): they record a copy of it.
+    (:class:`~prunable_nn.recording.RecordAfter`). ``in_place_writes`` says how the model
+    writes into an estimator's output in place, where it does (:mod:`prunable_nn.writes`).
     """
 
     spaces: list[Space] = field(default_factory=list)
@@ -118,7 +113,7 @@ class ChannelFlow:
     estimators: list[PrunableLayer] = field(default_factory=list)
     out_of_place: list[nn.Module] = field(default_factory=list)
     records_after: dict[PrunableLayer, nn.Module] = field(default_factory=dict)
-    records_copy: list[PrunableLayer] = field(default_factory=list)
+    in_place_writes: dict[PrunableLayer, InPlaceWrite] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -545,50 +540,19 @@ class _Walk:
                 calls.setdefault(self.modules[node.target], []).append(node)
         order = {module: position for position, module in enumerate(calls)}
         self.flow.estimators = sorted(found, key=order.__getitem__)
-        overwritten = self._overwritten_values()
+        writes = in_place_writes(self.graph, self.modules, self.flow.out_of_place)
         for layer in self.flow.estimators:
-            if overwritten.intersection(calls[layer]):
-                self.flow.records_copy.append(layer)
+            written = {writes[node] for node in calls[layer] if node in writes}
+            if written:  # an overwrite of one call's output outweighs an addition into another's
+                self.flow.in_place_writes[layer] = min(written, key=lambda write: write is not InPlaceWrite.OVERWRITE)
             (node, *others), users = calls[layer], list(calls[layer][0].users)
             if others or len(users) != 1 or users[0].op != "call_module" or users[0].args[:1] != (node,):
                 continue
-            if users[0] in overwritten:
+            if users[0] in writes:  # the activation's output is changed after it: not what autograd keeps
                 continue
             activation = self.modules[users[0].target]
             if type(activation) in HOMOGENEOUS_ACTIVATIONS:
                 self.flow.records_after[layer] = activation
-
-    def _overwritten_values(self) -> set[fx.Node]:
-        """The values that an in-place op overwrites with values that no longer give
-        ``a * dL/da`` (a product, a quotient, an activation that is not a clamp): its operand,
-        and the values that operand is an in-place result of, back to the one first made.
-        (An op through a view of a value is not followed.)"""
-        overwritten: set[fx.Node] = set()
-        for node in self.graph.nodes:
-            if self._overwrites(node):
-                value = node.args[0]
-                while isinstance(value, fx.Node) and value not in overwritten:
-                    overwritten.add(value)
-                    value = value.args[0] if self._returns_its_operand(value) and value.args else None
-        return overwritten
-
-    @staticmethod
-    def _overwrites(node: fx.Node) -> bool:
-        if node.op == "call_function":
-            unsafe = node.kwargs.get("inplace", False) and node.target not in INPLACE_SAFE_FUNCTIONS
-            return node.target in OVERWRITING_FUNCTIONS or bool(unsafe)
-        return node.op == "call_method" and node.target in OVERWRITING_METHODS
-
-    def _returns_its_operand(self, node: fx.Node) -> bool:
-        """Whether ``node`` changes its first operand in place and returns it."""
-        if node.op == "call_function":
-            return node.target in INPLACE_FUNCTIONS or bool(node.kwargs.get("inplace", False))
-        if node.op == "call_method":
-            return node.target in INPLACE_METHODS
-        if node.op == "call_module":
-            module = self.modules[node.target]
-            return getattr(module, "inplace", False) is True and module not in self.flow.out_of_place
-        return False
 
 
 def _live_nodes(graph: fx.Graph) -> set[fx.Node]:

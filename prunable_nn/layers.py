@@ -38,7 +38,7 @@ Layer = TypeVar("Layer", bound="PrunableLayer")
 #: What a twin holds for pruning only; its plain copy (:meth:`PrunableLayer.to_torch`) drops it.
 PRUNING_STATE = (
     "estimating", "statistic", "grad_scaler", "name_in_model", "_taylor_sum", "_taylor_count", "_batches_skipped",
-    "_generation", "records_after_activation", "records_a_copy", "_awaited",
+    "_generation", "records_after_activation", "in_place_write", "_awaited",
 )
 #: Hooks that a plain copy does not take over (forward and backward hooks serve the twin).
 _HOOKS = (

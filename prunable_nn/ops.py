@@ -72,12 +72,12 @@ COMBINING_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 #: Ops that change their first operand in place and return it.
 INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 INPLACE_METHODS = {name for name in COMBINING_METHODS | ELEMENTWISE_METHODS if name.endswith("_")}
-#: In-place ops after which ``v * dL/da`` (``v`` the value they leave, ``a`` the one they
-#: overwrite) is no longer ``a * dL/da``: products, quotients, squashing functions. (After an
-#: addition it reads the sum, which the readers see, and a clamp changes ``a`` only where
-#: ``dL/da`` is zero.)
-OVERWRITING_FUNCTIONS = {operator.imul, operator.itruediv}
-OVERWRITING_METHODS = INPLACE_METHODS - {"add_", "sub_", "relu_", "clamp_"}
+#: In-place additions, and the in-place ops after which ``v * dL/da`` (``v`` the value they
+#: leave, ``a`` the one they overwrite) is no longer ``a * dL/da`` (:mod:`prunable_nn.writes`).
+INPLACE_ADDING_FUNCTIONS = {operator.iadd, operator.isub}
+INPLACE_ADDING_METHODS = {"add_", "sub_"}
+OVERWRITING_FUNCTIONS = INPLACE_FUNCTIONS - INPLACE_ADDING_FUNCTIONS
+OVERWRITING_METHODS = INPLACE_METHODS - INPLACE_ADDING_METHODS - {"relu_", "clamp_"}
 REDUCING_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCING_METHODS = {"mean", "sum", "amax", "amin"}
 CONCATENATING_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}

@@ -124,7 +124,7 @@ class TaylorPruner:
         for layer in layers:
             layer.estimating = layer in estimating
             layer.records_after_activation = False
-            layer.records_a_copy = layer in flow.records_copy
+            layer.in_place_write = flow.in_place_writes.get(layer)
             if layer in estimating:
                 layer.statistic = statistic
         readers: dict[nn.Module, list[PrunableLayer]] = {}

@@ -22,7 +22,7 @@ is when a forward's statistic is final. The output is saved without autograd's v
 check, so a later in-place ReLU is harmless: the gradient that reaches the layer's output
 is zero wherever the ReLU zeroed the activation, so ``a * dL/da`` is the same before and
 after it. Where the pruner's graph shows an in-place product or quotient overwriting the
-output (``records_a_copy``), a copy is saved instead.
+output (:mod:`prunable_nn.writes`), a copy is saved instead.
 
 **Memory.** A batch norm keeps its input for its backward, not its output: saved for the
 estimate alone, the output would stay alive until its gradient arrived. Where the pruner's
@@ -31,14 +31,14 @@ output for the layer (:class:`RecordAfter`), which autograd keeps anyway: the nu
 the same (``relu(a) * dL/drelu(a) = a * dL/da``) and the estimate costs no memory.
 
 **Compiled.** Under ``torch.compile`` the recording is part of the graph, with no graph
-break (``fullgraph=True`` works): :class:`_RecordedInGraph` marks the output as changed in
-place, as eagerly, so that the value it saves is the one the forward leaves in it (the sum,
-after ``out += identity``), and computes a batch's statistic in the compiled backward,
-where the compiler fuses it with the layer's own gradient, and hands the ``(C,)`` total to
-the ``prunable_nn::add_batch`` operator, which runs eagerly at every backward pass (an
-ordered side effect, so the compiler neither drops nor reorders it) and adds it to the
-layer's sums. The compiler decides what the backward keeps (it recomputes a
-batch norm's output rather than keep it, where that is cheaper). The loss scale, the
+break (``fullgraph=True`` works): :class:`_RecordedInGraph` saves the output (the sum
+after ``out += identity``, where the pruner's graph shows one, as eagerly), computes a
+batch's statistic in the compiled backward, where the compiler fuses it with the layer's
+own gradient, and hands the ``(C,)`` total to the ``prunable_nn::add_batch`` operator,
+which runs eagerly at every backward pass (an ordered side effect, so the compiler neither
+drops nor reorders it) and adds it to the layer's sums. The compiler decides what the
+backward keeps (it recomputes a batch norm's output rather than keep it, where that is
+cheaper). The loss scale, the
 :func:`no_estimates` blocks and the finiteness check are read when the backward runs, as
 eagerly. One thing differs: each backward pass through a compiled forward counts as a
 batch of its own, its statistic taken on its own gradient. With one backward pass per
@@ -192,9 +192,15 @@ def _(batch_total: torch.Tensor, layer_id: int, examples: int, gradient_power: i
 
 
 class _RecordedInGraph(torch.autograd.Function):
-    """Identity on a layer's output (marked as changed in place, as :class:`_Recorded`: the
-    compiler then saves the value that later in-place ops leave in it) whose backward
-    computes the batch's statistic and hands its total to ``prunable_nn::add_batch``."""
+    """Identity on a layer's output whose backward computes the batch's statistic and hands
+    its total to ``prunable_nn::add_batch``: the compiled form of :class:`_Recorded`.
+
+    The forward returns a copy, which the model's later in-place ops change, while the
+    output itself is saved as it is: the compiler allows no version counter to be set back,
+    and the output may be saved by an op before (the ReLU inside timm's ``BatchNormAct2d``).
+    Where the model adds into it in place, the output is marked as changed in place instead
+    (nothing saved it, or the model's own backward would fail), and what is saved is the sum
+    the forward leaves in it, as eagerly."""
 
     @staticmethod
     def forward(
@@ -203,12 +209,12 @@ class _RecordedInGraph(torch.autograd.Function):
         layer_id: int,
         statistic: Statistic,
         channel_dim: int,
-        copy: bool,
+        reads_the_sum: bool,
     ) -> torch.Tensor:
         ctx.save_for_backward(output)
         ctx.layer_id, ctx.statistic, ctx.channel_dim = layer_id, statistic, channel_dim
-        if copy:
-            return output.clone()  # the model overwrites the copy; the saved value stays
+        if not reads_the_sum:
+            return output.clone()
         ctx.mark_dirty(output)
         return output
 
@@ -224,10 +230,11 @@ class _RecordedInGraph(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def record_in_graph(layer: TaylorEstimates, output: torch.Tensor, copy: bool = False) -> torch.Tensor:
+def record_in_graph(layer: TaylorEstimates, output: torch.Tensor, reads_the_sum: bool = False) -> torch.Tensor:
     """``output``, arranged so that the compiled backward adds each pass's statistic to
-    ``layer``'s sums (read on a ``copy`` of it, if the model overwrites it later)."""
-    return _RecordedInGraph.apply(output, id(layer), layer.statistic, layer.channel_dim, copy)
+    ``layer``'s sums (read on the sum that an in-place addition leaves in it, if
+    ``reads_the_sum``)."""
+    return _RecordedInGraph.apply(output, id(layer), layer.statistic, layer.channel_dim, reads_the_sum)
 
 
 # -- after the activation -----------------------------------------------------------------------

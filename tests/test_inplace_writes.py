@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from prunable_nn import TaylorPruner
+from prunable_nn.trace import trace
+from prunable_nn.writes import InPlaceWrite, in_place_writes
 
 DOUBLE = torch.float64
 
@@ -92,3 +94,26 @@ def test_the_estimate_reads_what_the_in_place_write_leaves_as_it_should(write, c
     net(x).square().mean().backward()
     assert model.bn.examples_seen == 3
     torch.testing.assert_close(model.bn.taylor_estimates, expected)
+
+
+class Writes(nn.Module):
+    """Three values written into in place: ``a`` added into then multiplied, ``b`` clamped
+    in place and multiplied through the clamp's result, ``c`` added into; ``d`` only clamped."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        a, b, c, d = x + 1, x + 2, x + 3, x + 4
+        a += x
+        a *= x
+        b.relu_().mul_(x)
+        c.add_(x)
+        d.clamp_(0, 1)
+        return a, b, c, d
+
+
+def test_a_write_reaches_the_value_through_in_place_results_and_an_overwrite_outweighs_an_addition():
+    graph, _ = trace(Writes(), torch.randn(2, 3, 4, 4))
+    writes = {node.name: write for node, write in in_place_writes(graph, {}, []).items()}
+    assert writes.pop("add") is writes.pop("iadd") is InPlaceWrite.OVERWRITE  # a, then a += x
+    assert writes.pop("add_1") is writes.pop("relu_") is InPlaceWrite.OVERWRITE  # b, then b.relu_()
+    assert writes.pop("add_2") is InPlaceWrite.ADDITION  # c
+    assert writes == {}  # d, clamped only
