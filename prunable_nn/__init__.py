@@ -38,6 +38,7 @@ from .layers import (
 )
 from .loop import prune_loop
 from .module import PrunableModule
+from .ops import declare_channelwise, declare_opaque
 from .pruner import Removal, TaylorPruner
 from .recording import no_estimates
 from .targets import (
@@ -94,6 +95,8 @@ __all__ = [
     "convert",
     "count_flops",
     "count_parameters",
+    "declare_channelwise",
+    "declare_opaque",
     "evaluate",
     "load_pruned",
     "no_estimates",

@@ -32,27 +32,7 @@ from .flops import ExampleInputs, as_tuple
 from .kinds import kind_of
 from .kinds.base import meta_empty
 from .layers import PrunableLayer
-from .ops import (
-    CHUNKING,
-    COMBINING_FUNCTIONS,
-    COMBINING_METHODS,
-    CONCATENATING_FUNCTIONS,
-    ELEMENTWISE_METHODS,
-    ELEMENTWISE_MODULES,
-    INPLACE_FUNCTIONS,
-    REDUCING_METHODS,
-    SPLITTING,
-    is_elementwise_function,
-)
-
-#: Element-wise ops of two values whose result the broadcasting rule gives (torch's meta
-#: kernels for them, and for reductions, also run slow Python decompositions).
-OUT_OF_PLACE_COMBINING_FUNCTIONS = COMBINING_FUNCTIONS - INPLACE_FUNCTIONS
-#: Modules and methods whose output has their input's shape, dtype and device: on meta
-#: tensors, an empty tensor like the input stands for their output (torch's meta kernels for
-#: element-wise ops run slow Python decompositions; a layer's kind gives its own shortcut).
-SHAPE_KEEPING_MODULES = ELEMENTWISE_MODULES
-SHAPE_KEEPING_METHODS = ELEMENTWISE_METHODS - {"float", "double", "half", "to", "type_as"}
+from .ops import INPLACE_FUNCTIONS, MODULE_RULES, TYPE_METHODS, Rule, module_rule, operation_rule
 
 
 @dataclass(frozen=True)
@@ -85,9 +65,10 @@ class PrunableTracer(fx.Tracer):
         parts, whose number the code fixes: ``list(x.chunk(2, 1))`` (YOLO's C2f blocks) and
         ``a, b = x.split([c, c], 1)`` trace."""
         count = None
-        if node.target in CHUNKING:
+        rule = operation_rule(node.op, node.target)
+        if rule is Rule.CHUNKING:
             count = node.args[1] if len(node.args) > 1 else node.kwargs.get("chunks")
-        elif node.target in SPLITTING:
+        elif rule is Rule.SPLITTING:
             sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections")
             count = len(sizes) if isinstance(sizes, (list, tuple)) else None
         if isinstance(count, int) and not isinstance(count, bool):
@@ -98,6 +79,7 @@ class PrunableTracer(fx.Tracer):
         return (
             kind_of(module) is not None
             or qualified_name in self.opaque
+            or type(module) in MODULE_RULES  # a module class declared channel-wise or opaque
             or super().is_leaf_module(module, qualified_name)
         )
 
@@ -198,7 +180,7 @@ class ShapeInterpreter(fx.Interpreter):
         module = self.fetch_attr(target)
         if not self.on_meta:
             return module(*args, **kwargs)
-        if isinstance(module, SHAPE_KEEPING_MODULES):
+        if module_rule(module) is Rule.ELEMENTWISE:
             return meta_empty(args[0])
         if isinstance(module, PrunableLayer) and len(args) == 1 and not kwargs:
             shortcut = module.kind.meta_forward(module, args[0])
@@ -209,32 +191,12 @@ class ShapeInterpreter(fx.Interpreter):
         return torch.func.functional_call(module, tensors, args, kwargs)
 
     def call_function(self, target: object, args: tuple, kwargs: dict) -> object:
-        if self.on_meta and is_elementwise_function(target):
-            return meta_empty(args[0])
-        if self.on_meta and target in INPLACE_FUNCTIONS and isinstance(args[0], torch.Tensor):
-            return args[0]  # its shape is kept
-        if self.on_meta and target in OUT_OF_PLACE_COMBINING_FUNCTIONS and not kwargs:
-            shortcut = _combined(*args)
-            if shortcut is not None:
-                return shortcut
-        if self.on_meta and target in CONCATENATING_FUNCTIONS:  # also slow on meta tensors
-            tensors, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
-            shape = list(tensors[0].shape)
-            shape[dim] = sum(tensor.shape[dim] for tensor in tensors)
-            return meta_empty(tensors[0], shape)
-        return super().call_function(target, args, kwargs)
+        shortcut = _meta_shortcut("call_function", target, args, kwargs) if self.on_meta else None
+        return shortcut if shortcut is not None else super().call_function(target, args, kwargs)
 
     def call_method(self, target: str, args: tuple, kwargs: dict) -> object:
-        if self.on_meta and target in SHAPE_KEEPING_METHODS:
-            return meta_empty(args[0])
-        shortcut = None
-        if self.on_meta and target in COMBINING_METHODS and not target.endswith("_") and not kwargs:
-            shortcut = _combined(*args)
-        if self.on_meta and target in REDUCING_METHODS and len(args) == 2 and set(kwargs) <= {"keepdim"}:
-            shortcut = _reduced(args[0], args[1], kwargs.get("keepdim", False))
-        if shortcut is not None:
-            return shortcut
-        return super().call_method(target, args, kwargs)
+        shortcut = _meta_shortcut("call_method", target, args, kwargs) if self.on_meta else None
+        return shortcut if shortcut is not None else super().call_method(target, args, kwargs)
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> object:
         return self._meta(super().get_attr(target, args, kwargs))
@@ -243,6 +205,32 @@ class ShapeInterpreter(fx.Interpreter):
         if self.on_meta and isinstance(value, torch.Tensor):
             return torch.empty_like(value, device="meta")
         return value
+
+
+def _meta_shortcut(op: str, target: object, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The output of a function or method on meta tensors by its rule, or ``None`` to run
+    it: torch's meta kernels for element-wise ops, combinations, concatenations and
+    reductions run slow Python decompositions. An element-wise op (not a change of type)
+    keeps its input's shape, dtype and device, an in-place op returns its operand, a
+    combination of two values has the broadcasting rule's shape."""
+    rule = operation_rule(op, target)
+    if rule is None:
+        return None
+    in_place = target in INPLACE_FUNCTIONS or (op == "call_method" and target.endswith("_"))
+    if in_place and rule in (Rule.ELEMENTWISE, Rule.COMBINING) and isinstance(args[0], torch.Tensor):
+        return args[0]
+    if rule is Rule.ELEMENTWISE and target not in TYPE_METHODS:
+        return meta_empty(args[0])
+    if rule is Rule.COMBINING and not kwargs:
+        return _combined(*args)
+    if rule is Rule.CONCATENATING:
+        tensors, dim = args[0], args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        shape = list(tensors[0].shape)
+        shape[dim] = sum(tensor.shape[dim] for tensor in tensors)
+        return meta_empty(tensors[0], shape)
+    if rule is Rule.REDUCING and op == "call_method" and len(args) == 2 and set(kwargs) <= {"keepdim"}:
+        return _reduced(args[0], args[1], kwargs.get("keepdim", False))
+    return None
 
 
 def _combined(*operands: object) -> torch.Tensor | None:
