@@ -17,7 +17,7 @@ from torch import fx, nn
 from .flow import ChannelFlow
 from .layers import PrunableLayer
 from .recording import HOMOGENEOUS_ACTIVATIONS
-from .writes import InPlaceWrite, in_place_writes
+from .writes import in_place_writes, strongest
 
 
 def find_estimators(
@@ -56,8 +56,8 @@ def find_estimators(
     writes = in_place_writes(graph, modules, flow.out_of_place)
     for layer in flow.estimators:
         written = {writes[node] for node in calls[layer] if node in writes}
-        if written:  # an overwrite of one call's output outweighs an addition into another's
-            flow.in_place_writes[layer] = min(written, key=lambda write: write is not InPlaceWrite.OVERWRITE)
+        if written:  # one call's output overwritten, another's added into
+            flow.in_place_writes[layer] = strongest(written)
         (node, *others), users = calls[layer], list(calls[layer][0].users)
         if others or len(users) != 1 or users[0].op != "call_module" or users[0].args[:1] != (node,):
             continue

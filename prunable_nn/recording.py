@@ -38,9 +38,8 @@ own gradient, and hands the ``(C,)`` total to the ``prunable_nn::add_batch`` ope
 which runs eagerly at every backward pass (an ordered side effect, so the compiler neither
 drops nor reorders it) and adds it to the layer's sums. The compiler decides what the
 backward keeps (it recomputes a batch norm's output rather than keep it, where that is
-cheaper). The loss scale, the
-:func:`no_estimates` blocks and the finiteness check are read when the backward runs, as
-eagerly. One thing differs: each backward pass through a compiled forward counts as a
+cheaper). The loss scale, the :func:`no_estimates` blocks and the finiteness check are
+read when the backward runs, as eagerly. One thing differs: each backward pass through a compiled forward counts as a
 batch of its own, its statistic taken on its own gradient. With one backward pass per
 forward, the usual training step, the numbers are the eager ones.
 """

@@ -43,14 +43,10 @@ def channelwise(walk: Walk, node: fx.Node, source: fx.Node, channels: Channels, 
     return walk.carry(node, [source], channels)
 
 
-def spatial(walk: Walk, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
-    if keeps_channels_apart(node.target, channels, Rule.SPATIAL):
-        return walk.carry(node, [source], channels)
-    return walk.unknown(node, what)
-
-
-def channel_first(walk: Walk, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
-    if keeps_channels_apart(node.target, channels, Rule.CHANNEL_FIRST):
+def kept_apart(walk: Walk, node: fx.Node, source: fx.Node, channels: Channels, what: str) -> Any:
+    """A spatial or channel-first function carries the channels it keeps apart."""
+    rule = Rule.SPATIAL if spatial_dims(node.target) is not None else Rule.CHANNEL_FIRST
+    if keeps_channels_apart(node.target, channels, rule):
         return walk.carry(node, [source], channels)
     return walk.unknown(node, what)
 
@@ -216,8 +212,8 @@ def opaque(walk: Walk, node: fx.Node, source: fx.Node, channels: Channels, what:
 RULES: dict[Rule, Handler] = {
     Rule.ELEMENTWISE: elementwise,
     Rule.CHANNELWISE: channelwise,
-    Rule.SPATIAL: spatial,
-    Rule.CHANNEL_FIRST: channel_first,
+    Rule.SPATIAL: kept_apart,
+    Rule.CHANNEL_FIRST: kept_apart,
     Rule.PADDING: pad,
     Rule.CHUNKING: chunk,
     Rule.SPLITTING: split,

@@ -17,6 +17,7 @@ An operation on an in-place result writes into the value that result came from
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 from torch import fx, nn
 
@@ -36,6 +37,11 @@ class InPlaceWrite(enum.Enum):
 
     ADDITION = "addition"
     OVERWRITE = "overwrite"
+
+
+def strongest(writes: Iterable[InPlaceWrite]) -> InPlaceWrite:
+    """An overwrite outweighs an addition: a copy read before both is right for both."""
+    return InPlaceWrite.OVERWRITE if InPlaceWrite.OVERWRITE in set(writes) else InPlaceWrite.ADDITION
 
 
 def in_place_writes(graph: fx.Graph, modules: dict[str, nn.Module], out_of_place: list[nn.Module]) -> dict[fx.Node, InPlaceWrite]:
